@@ -1,0 +1,105 @@
+"""Content keys: sha256 of canonical JSON, never a pickle-based hash, so keys survive library upgrades."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+KEY_VERSION = 1  # bump only when the meaning of a spec field changes
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8, finite numbers only."""
+
+    def check(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            raise ValueError(f"non-finite number {o!r} cannot be part of a cache key")
+        if isinstance(o, dict):
+            return {str(k): check(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [check(v) for v in o]
+        if isinstance(o, Path):
+            return o.as_posix()
+        return o
+
+    return json.dumps(check(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def content_key(spec: dict) -> str:
+    """The cache key of an entry: sha256 hex of the canonical JSON of its spec."""
+    return hashlib.sha256(canonical_json({"key_version": KEY_VERSION, **spec})).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class DigestMemo:
+    """sha256 of files memoized by (absolute path, size, mtime_ns) in a JSON file of the cache root.
+
+    Hashing a multi-GB checkpoint takes seconds; the memo makes every later run free. A changed
+    file changes size or mtime, so a stale digest is never reused.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._data: dict[str, str] = {}
+        if path is not None and path.exists():
+            try:
+                self._data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self._data = {}
+
+    def digest(self, file: Path) -> str:
+        st = file.stat()
+        memo_key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if memo_key not in self._data:
+            self._data[memo_key] = file_sha256(file)
+            self._save()
+        return self._data[memo_key]
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self._data))
+        os.replace(tmp, self.path)
+
+
+def weights_digest(path: str | os.PathLike, memo: DigestMemo | None = None) -> str:
+    """Digest of a checkpoint file, or of a folder (e.g. a Hugging Face model folder) file by file."""
+    p = Path(path)
+    memo = memo or DigestMemo(None)
+    if p.is_file():
+        return memo.digest(p)
+    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(p).as_posix().encode() + b"\0" + memo.digest(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def image_list_digest(root: str | os.PathLike, names: Iterable[str], *, strict: bool = False) -> str:
+    """Digest of an image list: relative paths + sizes + mtimes (strict: + content hashes).
+
+    Paths are relative to the dataset root, so moving the whole dataset keeps its keys as long as
+    the files keep their mtimes (``cp -p``, ``rsync -a``); strict mode survives any copy.
+    """
+    root = Path(root)
+    h = hashlib.sha256(b"strict\n" if strict else b"stat\n")
+    for name in names:
+        f = root / name
+        st = f.stat()
+        h.update(name.encode() + b"\0" + str(st.st_size).encode())
+        h.update(b"\0" + (file_sha256(f).encode() if strict else str(st.st_mtime_ns).encode()) + b"\n")
+    return h.hexdigest()

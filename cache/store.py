@@ -1,0 +1,485 @@
+"""The cache store: entries by key, aliases, locks, resumable writers, verification and cleanup.
+
+On disk::
+
+    <root>/entries/<key>/manifest.json      written last; its presence means "complete"
+    <root>/entries/<key>/shard-00000.h5 …   see cache/shards.py
+    <root>/aliases/<alias>                  a text file holding the key the alias points at
+    <root>/locks/<key>.lock                 advisory file lock held while an entry is written
+    <root>/digests.json                     memo of checkpoint sha256s (path, size, mtime)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cache.keys import DigestMemo, content_key, file_sha256
+from cache.manifest import MANIFEST, Manifest, ShardInfo, read_manifest, write_manifest
+from cache.shards import read_shard, read_shard_attrs, shard_name, write_shard
+from configs.errors import UserError
+
+ENV_VAR = "PIPELINE_CACHE_DIR"
+ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")
+DEFAULT_SHARD_ROWS = 8192
+
+
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``--cache-dir``, else ``$PIPELINE_CACHE_DIR``, else ``$XDG_CACHE_HOME/cvgl-pipeline``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cvgl-pipeline"
+
+
+def check_alias(alias: str) -> str:
+    if not ALIAS_RE.match(alias):
+        raise UserError(
+            f"alias {alias!r} is not valid; use letters, digits and . _ @ + = - (starting with a letter or digit)"
+        )
+    return alias
+
+
+class Entry:
+    """A complete cache entry, read shard by shard."""
+
+    def __init__(self, store: CacheStore, manifest: Manifest) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.dir = store.entry_dir(manifest.key)
+        for s in manifest.shards:
+            p = self.dir / s.file
+            if not p.exists():
+                raise UserError(
+                    f"cache entry {self.label} is missing shard {p}; run `pipeline cache rm {self.label}` and recompute it"
+                )
+            if p.stat().st_size != s.bytes:
+                raise UserError(
+                    f"cache shard {p} has {p.stat().st_size} bytes, the manifest says {s.bytes}: it is corrupt; "
+                    f"run `pipeline cache rm {self.label}` and recompute it"
+                )
+
+    key = property(lambda self: self.manifest.key)
+    count = property(lambda self: self.manifest.count)
+    shape = property(lambda self: tuple(self.manifest.shape))
+    dim = property(lambda self: self.manifest.dim)
+    dtype = property(lambda self: self.manifest.dtype)
+    spec = property(lambda self: self.manifest.spec)
+
+    @property
+    def label(self) -> str:
+        return self.manifest.alias or self.key[:12]
+
+    def shard_paths(self) -> list[Path]:
+        return [self.dir / s.file for s in self.manifest.shards]
+
+    def iter_chunks(
+        self, *, with_names: bool = False, dtype: str | None = "float32"
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str] | None]]:
+        """Yield (descriptors, labels, names|None) shard by shard; memory is one shard at a time."""
+        for p in self.shard_paths():
+            desc, labels, names = read_shard(p, with_names=with_names)
+            assert desc is not None
+            if dtype is not None and desc.dtype != np.dtype(dtype):
+                desc = desc.astype(dtype)
+            if not np.isfinite(desc).all():
+                raise UserError(
+                    f"cache entry {self.label} has NaN or infinite descriptors in {p}; recompute it "
+                    "(check the backbone weights and the alignment run that produced it)"
+                )
+            yield desc, labels, names
+
+    def read(self, *, dtype: str | None = "float32") -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The whole entry in memory (for small entries and alignment training)."""
+        descs, labels, names = [], [], []
+        for d, lab, n in self.iter_chunks(with_names=True, dtype=dtype):
+            descs.append(d)
+            labels.append(lab)
+            names.extend(n or [])
+        if not descs:
+            return np.zeros((0, *self.shape), dtype=dtype or self.dtype), np.zeros(0, np.int64), []
+        return np.concatenate(descs), np.concatenate(labels), names
+
+    def labels(self) -> np.ndarray:
+        parts = [read_shard(p, with_descriptors=False, with_names=False)[1] for p in self.shard_paths()]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def names(self) -> list[str]:
+        out: list[str] = []
+        for p in self.shard_paths():
+            out.extend(read_shard(p, with_descriptors=False)[2] or [])
+        return out
+
+
+@dataclass
+class EntryWriter:
+    """Writes an entry shard by shard; resumes after the last complete shard of an earlier attempt.
+
+    Shard i always holds rows [i·shard_rows, (i+1)·shard_rows), so an interrupted run and an
+    uninterrupted one produce the same shards.
+    """
+
+    store: CacheStore
+    key: str
+    spec: dict
+    shape: tuple[int, ...]
+    dtype: str
+    shard_rows: int
+
+    def __post_init__(self) -> None:
+        self.dir = self.store.entry_dir(self.key)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.shards: list[ShardInfo] = []
+        self._buf: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
+        self._buf_rows = 0
+        self._resume()
+
+    @property
+    def rows_done(self) -> int:
+        """Rows already in complete shards: the row the caller resumes from."""
+        return self.shards[-1].row_end if self.shards else 0
+
+    def _resume(self) -> None:
+        for tmp in self.dir.glob("*.tmp-*"):
+            tmp.unlink(missing_ok=True)
+        i = 0
+        while True:
+            p = self.dir / shard_name(i)
+            if not p.exists():
+                break
+            try:
+                attrs = read_shard_attrs(p)
+                ok = (
+                    attrs.get("key") == self.key
+                    and int(attrs.get("shard_index", -1)) == i
+                    and int(attrs.get("row_start", -1)) == i * self.shard_rows
+                    and int(attrs.get("row_end", -1)) - int(attrs.get("row_start", 0)) == self.shard_rows
+                )
+            except OSError:
+                ok = False
+            if not ok:
+                break
+            self.shards.append(
+                ShardInfo(
+                    p.name, int(attrs["row_start"]), int(attrs["row_end"]), file_sha256(p), p.stat().st_size
+                )
+            )
+            i += 1
+        # Anything after the complete prefix (a short last shard, a mismatched spec) is recomputed.
+        for p in self.dir.glob("shard-*.h5"):
+            if p.name not in {s.file for s in self.shards}:
+                p.unlink()
+
+    def add(self, descriptors: np.ndarray, labels: np.ndarray, names: list[str]) -> None:
+        """Append rows (in order, starting at ``rows_done``); full shards are written at once."""
+        if tuple(descriptors.shape[1:]) != tuple(self.shape):
+            raise ValueError(f"rows of shape {descriptors.shape[1:]} do not fit entry shape {self.shape}")
+        self._buf.append((descriptors, np.asarray(labels, dtype=np.int64), list(names)))
+        self._buf_rows += descriptors.shape[0]
+        while self._buf_rows >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def _flush(self, rows: int) -> None:
+        desc = np.concatenate([b[0] for b in self._buf])
+        labels = np.concatenate([b[1] for b in self._buf])
+        names = [n for b in self._buf for n in b[2]]
+        index = len(self.shards)
+        start = self.rows_done
+        p = self.dir / shard_name(index)
+        write_shard(
+            p,
+            desc[:rows],
+            labels[:rows],
+            names[:rows],
+            key=self.key,
+            index=index,
+            row_start=start,
+            dtype=self.dtype,
+        )
+        self.shards.append(ShardInfo(p.name, start, start + rows, file_sha256(p), p.stat().st_size))
+        rest = desc.shape[0] - rows
+        self._buf = [(desc[rows:], labels[rows:], names[rows:])] if rest else []
+        self._buf_rows = rest
+
+    def finish(
+        self, *, alias: str | None = None, parents: list[str] | None = None, extra: dict | None = None
+    ) -> Manifest:
+        """Flush the last rows, then write the manifest: from now on the entry is complete."""
+        if self._buf_rows:
+            self._flush(self._buf_rows)
+        manifest = Manifest(
+            key=self.key,
+            spec=self.spec,
+            count=self.rows_done,
+            shape=list(self.shape),
+            dtype=self.dtype,
+            shards=self.shards,
+            alias=alias,
+            parents=list(parents or []),
+            extra=dict(extra or {}),
+        )
+        write_manifest(self.dir, manifest)
+        if alias:
+            self.store.set_alias(alias, self.key)
+        return manifest
+
+
+class CacheStore:
+    """Lookup, locking, writing, verification and cleanup of cache entries under one root."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.entries_dir = self.root / "entries"
+        self.aliases_dir = self.root / "aliases"
+        self.locks_dir = self.root / "locks"
+        self.memo = DigestMemo(self.root / "digests.json")
+
+    @classmethod
+    def open_default(cls, cache_dir: str | os.PathLike | None = None) -> CacheStore:
+        return cls(default_cache_dir(cache_dir))
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def entry_dir(self, key: str) -> Path:
+        return self.entries_dir / key
+
+    def has(self, key: str) -> bool:
+        return (self.entry_dir(key) / MANIFEST).exists()
+
+    def resolve(self, ref: str) -> str:
+        """Key for an alias, a full key, or an unambiguous key prefix (8+ characters)."""
+        alias_file = self.aliases_dir / ref
+        if ALIAS_RE.match(ref) and alias_file.is_file():
+            return alias_file.read_text().strip()
+        if self.entry_dir(ref).is_dir() and len(ref) == 64:
+            return ref
+        if len(ref) >= 8 and re.fullmatch(r"[0-9a-f]+", ref) and self.entries_dir.is_dir():
+            hits = [p.name for p in self.entries_dir.iterdir() if p.name.startswith(ref)]
+            if len(hits) == 1:
+                return hits[0]
+        known = sorted(p.name for p in self.aliases_dir.iterdir()) if self.aliases_dir.is_dir() else []
+        hint = f" (known aliases: {', '.join(known[:12])}{' …' if len(known) > 12 else ''})" if known else ""
+        raise UserError(
+            f"no cache entry named {ref!r} in {self.root}{hint}; run `pipeline cache ls` or extract it first"
+        )
+
+    def open(self, ref: str) -> Entry:
+        """A complete entry by alias or key; incomplete or missing entries are refused."""
+        key = self.resolve(ref)
+        try:
+            manifest = read_manifest(self.entry_dir(key))
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(
+                f"cache entry {ref} has an unreadable manifest ({e}); run `pipeline cache rm {ref}` and recompute it"
+            ) from None
+        if manifest is None:
+            raise UserError(
+                f"cache entry {ref} is incomplete (an interrupted run); rerun the command that makes it to resume, "
+                "or `pipeline cache gc` to remove it"
+            )
+        return Entry(self, manifest)
+
+    def set_alias(self, alias: str, key: str) -> None:
+        check_alias(alias)
+        self.aliases_dir.mkdir(parents=True, exist_ok=True)
+        p = self.aliases_dir / alias
+        tmp = p.with_name(f".{alias}.tmp-{os.getpid()}")
+        tmp.write_text(key + "\n")
+        os.replace(tmp, p)
+
+    def aliases(self) -> dict[str, str]:
+        if not self.aliases_dir.is_dir():
+            return {}
+        return {
+            p.name: p.read_text().strip()
+            for p in sorted(self.aliases_dir.iterdir())
+            if not p.name.startswith(".")
+        }
+
+    # -- writing --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Exclusive lock for writing ``key``; a second process blocks here until the first is done."""
+        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.locks_dir / f"{key}.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def is_locked(self, key: str) -> bool:
+        p = self.locks_dir / f"{key}.lock"
+        if not p.exists():
+            return False
+        with open(p, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            return False
+
+    def writer(
+        self,
+        key: str,
+        spec: dict,
+        *,
+        shape: tuple[int, ...],
+        dtype: str = "float16",
+        shard_rows: int = DEFAULT_SHARD_ROWS,
+    ) -> EntryWriter:
+        """A resumable writer; call under :meth:`lock`."""
+        if dtype not in ("float16", "float32"):
+            raise UserError(f"storage dtype {dtype!r} is not supported; use float16 or float32")
+        return EntryWriter(self, key, spec, tuple(int(s) for s in shape), dtype, int(shard_rows))
+
+    def put_arrays(
+        self,
+        spec: dict,
+        descriptors: np.ndarray,
+        labels: np.ndarray,
+        names: list[str],
+        *,
+        alias: str | None = None,
+        parents: list[str] | None = None,
+        extra: dict | None = None,
+        dtype: str = "float32",
+        shard_rows: int = DEFAULT_SHARD_ROWS,
+    ) -> Entry:
+        """Store in-memory rows as an entry keyed by ``spec`` (reused if already complete)."""
+        if descriptors.shape[0] == 0:
+            raise UserError(
+                f"refusing to cache an empty set of descriptors{f' for {alias}' if alias else ''}"
+            )
+        if not np.isfinite(descriptors).all():
+            raise UserError(
+                f"descriptors{f' for {alias}' if alias else ''} contain NaN or infinite values; nothing was cached"
+            )
+        if len(labels) != descriptors.shape[0] or len(names) != descriptors.shape[0]:
+            raise UserError(
+                f"{descriptors.shape[0]} descriptors but {len(labels)} labels and {len(names)} names; they must have one row each"
+            )
+        key = content_key(spec)
+        with self.lock(key):
+            if not self.has(key):
+                w = self.writer(key, spec, shape=descriptors.shape[1:], dtype=dtype, shard_rows=shard_rows)
+                start = w.rows_done
+                w.add(descriptors[start:], np.asarray(labels)[start:], list(names)[start:])
+                w.finish(alias=alias, parents=parents, extra=extra)
+            elif alias:
+                self.set_alias(alias, key)
+        return self.open(key)
+
+    # -- maintenance ----------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        return (
+            sorted(p.name for p in self.entries_dir.iterdir() if p.is_dir())
+            if self.entries_dir.is_dir()
+            else []
+        )
+
+    def ls(self) -> list[dict]:
+        """One row per entry directory, complete or not."""
+        by_key: dict[str, list[str]] = {}
+        for a, k in self.aliases().items():
+            by_key.setdefault(k, []).append(a)
+        rows = []
+        for key in self.keys():
+            d = self.entry_dir(key)
+            try:
+                m = read_manifest(d)
+            except (ValueError, KeyError, TypeError):
+                m = None
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            rows.append(
+                {
+                    "key": key,
+                    "aliases": by_key.get(key, []),
+                    "complete": m is not None,
+                    "count": m.count if m else None,
+                    "shape": m.shape if m else None,
+                    "dtype": m.dtype if m else None,
+                    "kind": (m.spec.get("kind") if m else None),
+                    "bytes": size,
+                    "created": m.created if m else None,
+                }
+            )
+        return rows
+
+    def verify(self, ref: str | None = None) -> dict[str, list[str]]:
+        """Recompute every shard checksum; returns {key: [problem, …]} (empty list = good)."""
+        keys = [self.resolve(ref)] if ref else self.keys()
+        report: dict[str, list[str]] = {}
+        for key in keys:
+            d = self.entry_dir(key)
+            problems: list[str] = []
+            try:
+                m = read_manifest(d)
+            except (ValueError, KeyError, TypeError) as e:
+                report[key] = [f"{d / MANIFEST}: unreadable manifest ({e})"]
+                continue
+            if m is None:
+                report[key] = [
+                    f"{d}: incomplete (no manifest); resume it by rerunning, or `pipeline cache gc`"
+                ]
+                continue
+            expected_row = 0
+            for s in m.shards:
+                p = d / s.file
+                if s.row_start != expected_row:
+                    problems.append(f"{p}: rows start at {s.row_start}, expected {expected_row}")
+                expected_row = s.row_end
+                if not p.exists():
+                    problems.append(f"{p}: missing")
+                elif p.stat().st_size != s.bytes or file_sha256(p) != s.sha256:
+                    problems.append(f"{p}: checksum mismatch (corrupt shard)")
+            if expected_row != m.count and not problems:
+                problems.append(f"{d}: shards hold {expected_row} rows, manifest says {m.count}")
+            report[key] = problems
+        return report
+
+    def rm(self, ref: str) -> str:
+        key = self.resolve(ref)
+        with self.lock(key):
+            shutil.rmtree(self.entry_dir(key), ignore_errors=True)
+        for a, k in self.aliases().items():
+            if k == key:
+                (self.aliases_dir / a).unlink(missing_ok=True)
+        (self.locks_dir / f"{key}.lock").unlink(missing_ok=True)
+        return key
+
+    def gc(self, *, older_than_s: float = 0.0) -> list[str]:
+        """Remove incomplete entries nobody is writing, stray temporary files, and dangling aliases."""
+        removed = []
+        now = time.time()
+        for key in self.keys():
+            d = self.entry_dir(key)
+            if (d / MANIFEST).exists() or self.is_locked(key):
+                for tmp in d.glob("*.tmp-*"):
+                    if not self.is_locked(key):
+                        tmp.unlink(missing_ok=True)
+                continue
+            if now - d.stat().st_mtime >= older_than_s:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(key)
+        for a, k in self.aliases().items():
+            if not self.has(k):
+                (self.aliases_dir / a).unlink(missing_ok=True)
+                removed.append(f"alias {a}")
+        return removed
