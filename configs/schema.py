@@ -1,0 +1,299 @@
+"""Typed experiment configuration: dataclasses with the papers' defaults, validated from YAML.
+
+YAML only selects and overrides. Unknown keys are an error naming the closest valid key; every
+field can be overridden from the command line as ``section.field=value`` (the value is parsed as
+YAML, so ``backbone.layers=[26,28]`` and ``align.fusion=true`` work), and a few frequent fields have
+short names (``query=``, ``gallery=``, ``protocol=``, ``out=``, ``root=``, ``mode=`` …).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from configs.errors import UserError
+
+LAYOUTS = ("u1652", "folder", "synthetic", "sues200", "cvusa", "cvact", "geoalign_release")
+METHODS = ("identity", "isms", "geoalign", "fusion", "emcvgl", "supervised", "cvft", "vgg_conv", "vgg_gp")
+PROTOCOLS = ("u1652", "geoalign", "cvft")
+
+
+def _choices(*values: Any, default: Any) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+@dataclass
+class SyntheticConfig:
+    """The generated dataset (University-1652 layout) used by the demo and tests."""
+
+    n_locations: int = 40
+    n_distractors: int = 20
+    views_per_location: int = 6
+    size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    layout: str = _choices(*LAYOUTS, default="u1652")
+    root: str | None = None
+    split: str = "test"
+    mode: str = _choices("D2S", "S2D", default="D2S")
+    views: list[str] = field(default_factory=list)  # empty: the query and gallery views of `mode`
+    altitude: int | None = None  # SUES-200 flight height (150, 200, 250, 300)
+    model: str = "dinov3_vith16plus"  # geoalign_release: the feats_test/<model> folder
+    strict_digest: bool = False  # hash image contents for the cache key, not only size + mtime
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "dinov3_vith16plus"
+    weights: str | None = None  # HF folder or Meta .pth; None = random init (demo and tests only)
+    layers: list[int] = field(default_factory=lambda: [26, 28])
+    facet: str = _choices("token", "query", "key", "value", default="token")
+    seed: int = 0  # random-init seed
+    arch: dict = field(default_factory=dict)  # architecture overrides for random-init models (demo)
+    device: str = "auto"
+    dtype: str = _choices("auto", "float32", "bfloat16", default="auto")
+    compile: bool = False
+
+
+@dataclass
+class PreprocessConfig:
+    resize: int | None = None  # None = native size (GeoAlign: 512×512 as shipped)
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class PoolingConfig:
+    name: str = _choices("gem", "avg", "max", "cls", "none", default="gem")
+    p: float = 3.0
+    eps: float = 1e-6
+
+
+@dataclass
+class ExtractConfig:
+    alias: str | None = None  # default: the config's name
+    batch_size: int = 16
+    num_workers: int = 2
+    shard_rows: int = 8192
+    dtype: str = _choices("float16", "float32", default="float16")
+    skip_bad: bool = False
+
+
+@dataclass
+class ISMSSection:
+    layers: list[int] = field(default_factory=list)  # empty: all extracted layers
+    out_dim: int = 1280
+    epochs: int = 50
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    w_decor: float = 1.0
+
+
+@dataclass
+class AlignConfig:
+    method: str = _choices(*METHODS, default="isms")
+    query: list[str] = field(default_factory=list)  # entry aliases; empty: from the extraction
+    gallery: list[str] = field(default_factory=list)
+    alias: str | None = None  # output aliases: <alias>.<view>; default <name>.<method>
+    device: str = "auto"
+    fusion: bool = True
+    isms: ISMSSection = field(default_factory=ISMSSection)
+    params: dict = field(default_factory=dict)  # method-specific hyperparameters
+
+
+@dataclass
+class RetrieveConfig:
+    query: str | None = None
+    gallery: str | None = None
+    protocol: str = _choices(*PROTOCOLS, default="u1652")
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    topk: int = 10
+    device: str = "auto"
+    index: str = _choices("flat", default="flat")
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    seed: int = 0
+    out: str | None = None  # run folder; default runs/<stage>-<timestamp>
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+
+
+SHORTHANDS = {
+    "query": "retrieve.query",
+    "gallery": "retrieve.gallery",
+    "protocol": "retrieve.protocol",
+    "root": "dataset.root",
+    "mode": "dataset.mode",
+    "model": "dataset.model",
+    "layout": "dataset.layout",
+    "fusion": "align.fusion",
+    "method": "align.method",
+    "alias": "extract.alias",
+    "weights": "backbone.weights",
+    "layers": "backbone.layers",
+}
+
+
+# -- conversion ---------------------------------------------------------------------------------
+def _closest(name: str, options: list[str], prefix: str = "") -> str:
+    hit = difflib.get_close_matches(name, options, n=1, cutoff=0.4)
+    full = [f"{prefix}.{o}" if prefix else o for o in (hit or options)]
+    return f"; did you mean {full[0]!r}?" if hit else f"; valid keys: {', '.join(full)}"
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, where)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be a mapping of keys, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list, got {value!r}")
+        return [_convert(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UserError(f"{where} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"{where} must be an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"{where} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{where} must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and bad values raise UserError."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        path = f"{where}.{k}" if where else str(k)
+        if k not in fields:
+            raise UserError(f"unknown config key {path!r}{_closest(str(k), list(fields), where)}")
+        val = _convert(v, hints[k], path)
+        choices = fields[k].metadata.get("choices")
+        if choices and val not in choices:
+            raise UserError(f"{path}={val!r} is not one of {', '.join(map(str, choices))}")
+        kwargs[k] = val
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_path(data: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = data
+    cls: Any = Config
+    for i, p in enumerate(parts[:-1]):
+        names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        if dataclasses.is_dataclass(cls) and p not in names:
+            raise UserError(
+                f"unknown config key {'.'.join(parts[: i + 1])!r}{_closest(p, names, '.'.join(parts[:i]))}"
+            )
+        cls = typing.get_type_hints(cls).get(p) if dataclasses.is_dataclass(cls) else None
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{'.'.join(parts[: i + 1])} is not a section; cannot set {path}")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``section.field=value`` strings → (dotted path, YAML-parsed value)."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form section.field=value")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        k = SHORTHANDS.get(k, k)
+        try:
+            val = yaml.safe_load(v) if v.strip() else None
+        except yaml.YAMLError:
+            val = v
+        out.append((k, val))
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (a file, or the name of a shipped one), apply overrides, validate."""
+    from configs import resolve_config_path
+
+    data: dict = {}
+    if path is not None:
+        p = resolve_config_path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise UserError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"config {p} must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+        data.setdefault("name", p.stem)
+    for k, v in parse_overrides(overrides or []):
+        _set_path(data, k, v)
+    return from_dict(Config, data)
