@@ -150,6 +150,11 @@ class EntryWriter:
         """Rows already in complete shards: the row the caller resumes from."""
         return self.shards[-1].row_end if self.shards else 0
 
+    @property
+    def next_row(self) -> int:
+        """The row the next :meth:`add` must start with (written plus buffered rows)."""
+        return self.rows_done + self._buf_rows
+
     def _resume(self) -> None:
         for tmp in self.dir.glob("*.tmp-*"):
             tmp.unlink(missing_ok=True)

@@ -45,7 +45,7 @@ class DatasetConfig:
     layout: str = _choices(*LAYOUTS, default="u1652")
     root: str | None = None
     split: str = "test"
-    mode: str = _choices("D2S", "S2D", default="D2S")
+    mode: str = "D2S"  # D2S, S2D (also G2S, S2G, D2G, G2D for street views)
     views: list[str] = field(default_factory=list)  # empty: the query and gallery views of `mode`
     altitude: int | None = None  # SUES-200 flight height (150, 200, 250, 300)
     model: str = "dinov3_vith16plus"  # geoalign_release: the feats_test/<model> folder

@@ -1,0 +1,59 @@
+"""Configuration: typed validation, closest-key suggestions, overrides, shipped configs."""
+
+import pytest
+
+from configs import resolve_config_path, shipped_configs
+from configs.errors import UserError
+from configs.schema import Config, load_config
+
+
+def test_unknown_key_suggests_closest_valid_key(tmp_path):
+    with pytest.raises(UserError, match=r"unknown config key 'backbone.layrs'; did you mean 'backbone.layers'\?"):
+        load_config(None, ["backbone.layrs=[1]"])
+    p = tmp_path / "c.yaml"
+    p.write_text("retreive:\n  protocol: u1652\n")
+    with pytest.raises(UserError, match="did you mean 'retrieve'"):
+        load_config(p)
+    p.write_text("pooling:\n  nme: gem\n")
+    with pytest.raises(UserError, match="did you mean 'pooling.name'"):
+        load_config(p)
+
+
+def test_overrides_are_typed_and_shorthands_map_to_sections():
+    cfg = load_config(None, ["backbone.layers=[26,28]", "query=a", "protocol=cvft", "fusion=false", "seed=3", "out=x/y"])
+    assert cfg.backbone.layers == [26, 28]
+    assert cfg.retrieve.query == "a" and cfg.retrieve.protocol == "cvft"
+    assert cfg.align.fusion is False and cfg.seed == 3 and cfg.out == "x/y"
+    assert load_config(None, ["preprocess.resize=none"]).preprocess.resize is None
+    assert load_config(None, ["preprocess.resize=224"]).preprocess.resize == 224
+
+
+def test_bad_values_and_choices_are_one_line_errors():
+    for override, msg in [
+        ("extract.batch_size=abc", "must be an integer"),
+        ("protocol=map", "is not one of u1652, geoalign, cvft"),
+        ("align.fusion=maybe", "must be true or false"),
+        ("backbone.layers={a: 1}", "must be a list"),
+        ("nonsense", "not of the form"),
+    ]:
+        with pytest.raises(UserError, match=msg) as e:
+            load_config(None, [override])
+        assert "\n" not in str(e.value)
+
+
+def test_defaults_match_geoalign_recipe():
+    cfg = Config()
+    assert cfg.backbone.name == "dinov3_vith16plus" and cfg.backbone.layers == [26, 28]
+    assert cfg.pooling.name == "gem" and cfg.pooling.p == 3.0 and cfg.pooling.eps == 1e-6
+    assert cfg.preprocess.mean == [0.485, 0.456, 0.406]
+
+
+def test_shipped_configs_resolve_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "demo" in shipped_configs()
+    for ref in ("demo", "demo.yaml", "configs/demo.yaml"):
+        assert resolve_config_path(ref).name == "demo.yaml"
+    for name in shipped_configs():
+        load_config(name)  # every shipped config validates
+    with pytest.raises(UserError, match="not found"):
+        resolve_config_path("nope.yaml")
