@@ -1,12 +1,18 @@
 """HDF5 shards: one file holds a contiguous row range of an entry.
 
 Layout of ``shard-00000.h5`` (readable with plain h5py):
-    descriptors  [n, *shape]  float16|float32, chunked by rows, fletcher32 checksummed
-    labels       [n]          int64 (-1 = junk / unknown), fletcher32 checksummed
+    descriptors  [n, *shape]  float16|float32, contiguous (a shard is the unit of I/O: read whole,
+                              contiguous storage reads at plain-file speed, chunked storage 2-3× slower)
+    labels       [n]          int64 (-1 = junk / unknown)
     names        [n]          utf-8 strings, paths relative to the dataset root
-    attrs        key, shard_index, row_start, row_end, names_sha256
+    attrs        key, shard_index, row_start, row_end, descriptors_sum64, labels_sum64, names_sha256
 A shard is written to a temporary name, fsynced, then renamed: a file with the final name is
 always complete.
+
+Every read checks the shard's contents against checksums stored in its attributes: a 64-bit
+word-sum for the numeric arrays (one pass at memory speed; HDF5's fletcher32 filter costs 2-3× the
+read itself) and sha256 for the names. ``pipeline cache verify`` additionally checks the sha256 of
+the whole file recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -20,8 +26,6 @@ import numpy as np
 
 from configs.errors import UserError
 
-CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: large enough for streaming speed, small for checksumming
-
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.h5"
@@ -29,6 +33,16 @@ def shard_name(index: int) -> str:
 
 def names_digest(names: list[str]) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def sum64(arr: np.ndarray) -> int:
+    """Wrap-around sum of the array's bytes read as little-endian uint64 words (tail zero-padded)."""
+    b = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    head = b[: b.size - b.size % 8].view("<u8")
+    tail = np.zeros(8, np.uint8)
+    tail[: b.size % 8] = b[b.size - b.size % 8 :]
+    with np.errstate(over="ignore"):
+        return int(head.sum(dtype=np.uint64) + tail.view("<u8")[0])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -61,14 +75,10 @@ def write_shard(
         raise ValueError(f"shard rows disagree: {n} descriptors, {labels.shape} labels, {len(names)} names")
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     data = np.ascontiguousarray(descriptors, dtype=np.dtype(dtype))
-    row_bytes = max(1, int(np.prod(data.shape[1:])) * data.dtype.itemsize)
-    chunk_rows = int(max(1, min(n, CHUNK_BYTES // row_bytes))) if n else 1
     with h5py.File(tmp, "w") as f:
         if n:
-            f.create_dataset("descriptors", data=data, chunks=(chunk_rows, *data.shape[1:]), fletcher32=True)
-            f.create_dataset(
-                "labels", data=labels.astype(np.int64), chunks=(min(n, 1 << 16),), fletcher32=True
-            )
+            f.create_dataset("descriptors", data=data)
+            f.create_dataset("labels", data=labels.astype(np.int64))
         else:
             f.create_dataset("descriptors", shape=data.shape, dtype=data.dtype)
             f.create_dataset("labels", shape=(0,), dtype=np.int64)
@@ -80,6 +90,8 @@ def write_shard(
                 "row_start": row_start,
                 "row_end": row_start + n,
                 "names_sha256": names_digest(list(names)),
+                "descriptors_sum64": str(sum64(data)),
+                "labels_sum64": str(sum64(labels.astype(np.int64))),
             }
         )
         f.flush()
@@ -102,6 +114,10 @@ def read_shard(
         with h5py.File(path, "r") as f:
             desc = f["descriptors"][...] if with_descriptors else None
             labels = f["labels"][...]
+            if desc is not None and str(sum64(desc)) != f.attrs["descriptors_sum64"]:
+                raise OSError("descriptor checksum mismatch")
+            if str(sum64(labels)) != f.attrs["labels_sum64"]:
+                raise OSError("label checksum mismatch")
             names = None
             if with_names:
                 names = [s.decode() if isinstance(s, bytes) else s for s in f["names"][...]]

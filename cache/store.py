@@ -93,11 +93,6 @@ class Entry:
             assert desc is not None
             if dtype is not None and desc.dtype != np.dtype(dtype):
                 desc = desc.astype(dtype)
-            if not np.isfinite(desc).all():
-                raise UserError(
-                    f"cache entry {self.label} has NaN or infinite descriptors in {p}; recompute it "
-                    "(check the backbone weights and the alignment run that produced it)"
-                )
             yield desc, labels, names
 
     def read(self, *, dtype: str | None = "float32") -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -190,6 +185,13 @@ class EntryWriter:
         """Append rows (in order, starting at ``rows_done``); full shards are written at once."""
         if tuple(descriptors.shape[1:]) != tuple(self.shape):
             raise ValueError(f"rows of shape {descriptors.shape[1:]} do not fit entry shape {self.shape}")
+        if not np.isfinite(descriptors).all():
+            # Refused at write time, so every complete entry is finite and readers need not check.
+            bad = int(np.flatnonzero(~np.isfinite(descriptors).reshape(len(descriptors), -1).all(axis=1))[0])
+            raise UserError(
+                f"descriptor row {self.next_row + bad} ({names[bad] if names else '?'}) is NaN or infinite; "
+                "check the backbone weights or the alignment run; nothing was marked complete"
+            )
         self._buf.append((descriptors, np.asarray(labels, dtype=np.int64), list(names)))
         self._buf_rows += descriptors.shape[0]
         while self._buf_rows >= self.shard_rows:
