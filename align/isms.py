@@ -19,8 +19,8 @@ penalty open; this squared off-diagonal Frobenius norm is our choice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
