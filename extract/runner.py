@@ -51,7 +51,7 @@ def dataset_root(cfg: Config, store: CacheStore) -> Path:
     """The dataset folder; the synthetic layout is generated (once, deterministically) on demand."""
     ds = cfg.dataset
     if ds.layout == "synthetic":
-        from extract.synthetic import make_synthetic_u1652
+        from extract.synthetic import make_synthetic_u1652, synthetic_summary
 
         params = {
             "n_locations": ds.synthetic.n_locations,
@@ -65,7 +65,10 @@ def dataset_root(cfg: Config, store: CacheStore) -> Path:
             if ds.root
             else store.root / "datasets" / f"synthetic-u1652-{content_key(params)[:16]}"
         )
-        make_synthetic_u1652(root, **params)
+        done = synthetic_summary(root)
+        # Regenerating would give the same bytes but new mtimes, hence new cache keys: keep a finished copy.
+        if done is None or any(done.get(k) != v for k, v in params.items()) or done.get("train_locations", 0):
+            make_synthetic_u1652(root, **params)
         return root
     if not ds.root:
         raise UserError(
@@ -186,10 +189,11 @@ def run_extraction(
         for L in layers:
             if L not in missing:
                 store.set_alias(aliases[L], keys[L])
+        computed: set[int] = set()
         if missing:
             if model is None:
                 model = _Model(cfg, device, dtype)
-            _extract_list(
+            computed = _extract_list(
                 cfg,
                 store,
                 model,
@@ -200,7 +204,7 @@ def run_extraction(
                 progress,
             )
         for L in layers:
-            out.append(ExtractedEntry(images.view, L, keys[L], aliases[L], len(images), L not in missing))
+            out.append(ExtractedEntry(images.view, L, keys[L], aliases[L], len(images), L not in computed))
     return out
 
 
@@ -213,7 +217,8 @@ def _extract_list(
     specs: dict[int, dict],
     aliases: dict[int, str],
     progress: ProgressFn | None,
-) -> None:
+) -> set[int]:
+    """Extract the layers in ``keys`` for one image list; returns the layers this process computed."""
     from contextlib import ExitStack
 
     from extract.images import ImageDataset, iter_batches
@@ -231,10 +236,11 @@ def _extract_list(
                 )
             )
         todo = {L: k for L, k in keys.items() if not store.has(k)}  # another process may have finished
-        if not todo:
-            for L, k in keys.items():
+        for L, k in keys.items():
+            if L not in todo:
                 store.set_alias(aliases[L], k)
-            return
+        if not todo:
+            return set()
         dim = int(model.net.hidden_size)
         writers = {
             L: store.writer(
@@ -260,7 +266,7 @@ def _extract_list(
             subset, batch_size=bs, num_workers=cfg.extract.num_workers, pin_memory=model.device.type == "cuda"
         ):
             pooled = model(x)
-            rows = idx.numpy() + first  # Subset indices are local
+            rows = idx.numpy()  # the dataset returns global row indices, also through Subset
             for L, w in writers.items():
                 keep = rows >= w.next_row
                 if keep.any():
@@ -275,3 +281,4 @@ def _extract_list(
                 progress(desc, done, n)
         for L, w in writers.items():
             w.finish(alias=aliases[L], extra={"view": images.view, "root": str(images.root), "layer": L})
+        return set(writers)
