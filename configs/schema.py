@@ -75,9 +75,10 @@ class PreprocessConfig:
 
 @dataclass
 class PoolingConfig:
-    name: str = _choices("gem", "avg", "max", "cls", "none", default="gem")
+    name: str = _choices("gem", "avg", "max", "cls", default="gem")
     p: float = 3.0
     eps: float = 1e-6
+    local_norm: bool = True  # L2-normalize each patch token before pooling (GeoAlign does, for every method)
 
 
 @dataclass

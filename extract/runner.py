@@ -118,7 +118,12 @@ def entry_spec(
         },
         "layer": layer,
         "facet": cfg.backbone.facet,
-        "pooling": {"name": cfg.pooling.name, "p": cfg.pooling.p, "eps": cfg.pooling.eps},
+        "pooling": {
+            "name": cfg.pooling.name,
+            "p": cfg.pooling.p,
+            "eps": cfg.pooling.eps,
+            "local_norm": cfg.pooling.local_norm,
+        },
         "storage_dtype": cfg.extract.dtype,
         "images": {"digest": digest, "count": len(images), "strict": cfg.dataset.strict_digest},
     }
@@ -136,29 +141,29 @@ class _Model:
         self.dtype = dtype
         self._pool = pool
         self.net = load_dinov3(
-            cfg.backbone.name,
-            cfg.backbone.weights,
-            seed=cfg.backbone.seed,
-            arch_overrides=cfg.backbone.arch or None,
+            cfg.backbone.name, cfg.backbone.weights, seed=cfg.backbone.seed, arch_overrides=cfg.backbone.arch or None
         )
         bad = [L for L in cfg.backbone.layers if not 0 <= L < self.net.depth]
         if bad:
             raise UserError(
                 f"backbone.layers {bad} out of range for {cfg.backbone.name} (blocks 0..{self.net.depth - 1})"
             )
+        # The compute dtype is part of the cache key, so the network must run exactly in it.
+        self.net.cuda_autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
         self.net.eval().to(device)
-        if cfg.backbone.compile:
-            self.net = torch.compile(self.net)  # type: ignore[assignment]
+        self.num_prefix_tokens = self.net.num_prefix_tokens
+        self.hidden_size = self.net.hidden_size
+        self._forward = torch.compile(self.net) if cfg.backbone.compile else self.net
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         x = x.to(self.device, non_blocking=True)
-        use_autocast = self.dtype == "bfloat16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_autocast):
-            tokens = self.net.forward_layers(x, list(self.cfg.backbone.layers), facet=self.cfg.backbone.facet)
+        cpu_bf16 = self.device.type == "cpu" and self.dtype == "bfloat16"
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
+            tokens = self._forward(x, list(self.cfg.backbone.layers), facet=self.cfg.backbone.facet)
         p = self.cfg.pooling
         return {
-            L: self._pool(t, self.net.num_prefix_tokens, p.name, p=p.p, eps=p.eps).float()
+            L: self._pool(t, self.num_prefix_tokens, p.name, p=p.p, eps=p.eps, local_norm=p.local_norm).float()
             for L, t in tokens.items()
         }
 
@@ -241,7 +246,7 @@ def _extract_list(
                 store.set_alias(aliases[L], k)
         if not todo:
             return set()
-        dim = int(model.net.hidden_size)
+        dim = int(model.hidden_size)
         writers = {
             L: store.writer(
                 k, specs[L], shape=(dim,), dtype=cfg.extract.dtype, shard_rows=cfg.extract.shard_rows
