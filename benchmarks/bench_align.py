@@ -1,0 +1,261 @@
+"""GeoAlign alignment: CPU timing at University-1652 size, and a cross-check against GeoAlign's evaluate.py.
+
+python benchmarks/bench_align.py time [--epochs 3] [--isms-epochs 1] [--threads N]
+    Stream 1 (release config) on 701 satellite + 37,854 drone random 1280-d descriptors and ISMS
+    on the 2560-d concatenation of two layers for all 38,555 images. Times a few epochs and
+    extrapolates to the release schedules (300 stream-1 epochs, ISMSConfig.epochs ISMS epochs).
+
+python benchmarks/bench_align.py verify-release --geoalign /tmp/ref/GeoAlign --workdir /tmp/verify
+    Builds a small fake release (random weights, random features), runs GeoAlign's own evaluate.py
+    on it (a patched throwaway copy in --workdir: paths, sizes, more printed decimals) and compares
+    R@1/R@5/R@10/AP with ours (align.geoalign_release + retrieve.metrics, protocol "geoalign")
+    in all four settings D2S/S2D × fusion on/off. GeoAlign needs easydict, tqdm, pyyaml on
+    PYTHONPATH (pass --extra-path for a pip --target folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from align.geoalign import GeoAlignStream1, Stream1Config  # noqa: E402
+from align.geoalign_release import export_stream1  # noqa: E402
+from align.isms import ISMS, ISMSConfig, isms_input, train_isms  # noqa: E402
+from align.train_stream1 import train_stream1  # noqa: E402
+
+# --------------------------------------------------------------------------------------------------
+# timing
+
+
+def bench_time(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    n_sat, n_dro, dim = 701, 37854, 1280
+    sat = F.normalize(torch.randn(n_sat, dim, generator=g), dim=-1)
+    dro = F.normalize(torch.randn(n_dro, dim, generator=g), dim=-1)
+    cfg = Stream1Config()
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    train_stream1(
+        sat, dro, cfg.replace(epochs=args.epochs), on_epoch=lambda e, s: stamps.append(time.perf_counter())
+    )
+    per_epoch = [b - a for a, b in zip([t0] + stamps[:-1], stamps)]
+    # The first epoch carries allocator warm-up; extrapolate from the rest when there is a rest.
+    steady = per_epoch[1:] or per_epoch
+    s1_epoch = sum(steady) / len(steady)
+
+    icfg = ISMSConfig()
+    x = isms_input(
+        [torch.randn(n_sat + n_dro, dim, generator=g), torch.randn(n_sat + n_dro, dim, generator=g)]
+    )
+    istamps: list[float] = []
+    t1 = time.perf_counter()
+    train_isms(
+        x,
+        ISMSConfig(**{**icfg.__dict__, "epochs": args.isms_epochs}),
+        on_epoch=lambda e, s: istamps.append(time.perf_counter()),
+    )
+    i_epoch = [b - a for a, b in zip([t1] + istamps[:-1], istamps)]
+    i_steady = i_epoch[1:] or i_epoch
+    isms_epoch = sum(i_steady) / len(i_steady)
+    out = {
+        "threads": torch.get_num_threads(),
+        "load_avg_1m": os.getloadavg()[0],
+        "stream1_epochs_timed": args.epochs,
+        "stream1_s_per_epoch": per_epoch,
+        "stream1_300_epochs_min": s1_epoch * cfg.epochs / 60,
+        "isms_epochs_timed": args.isms_epochs,
+        "isms_s_per_epoch": i_epoch,
+        "isms_full_min": isms_epoch * icfg.epochs / 60,
+        "isms_epochs_full": icfg.epochs,
+    }
+    out["total_min"] = out["stream1_300_epochs_min"] + out["isms_full_min"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# fake release + GeoAlign cross-check
+
+SMALL = dict(out_dim=64, vec_dim=128, num_experts=4, top_k=2, num_chunks=8, nhead=4)
+LAYERS = (26, 28)
+BACKBONE = "dinov3_vith16plus"
+
+
+def write_fake_release(
+    root: Path, seed: int = 0, n_build: int = 40, drones_per: int = 6, n_distractor: int = 10
+) -> None:
+    """Random stream-1/ISMS weights (every tensor perturbed, so no zero-initialized branch hides a bug)
+    and random features for D2S and S2D, in GeoAlign's release layout."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = Stream1Config(**SMALL)
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    yml = cfg.to_geoalign_yaml()
+    yml["eval"] = {
+        "dataset": "Feat_Single",
+        "feat": f"feats_test/{BACKBONE}/28",
+        "batch_size": 256,
+        "remove_junk": True,
+    }
+    (root / "configs/base_stream1.yml").write_text(yaml.safe_dump(yml, sort_keys=False))
+    model = GeoAlignStream1(cfg)
+    with torch.no_grad():
+        for k, v in model.state_dict().items():  # shared tensors: dec2.* follows dec1.*
+            if k.startswith("dec2.") or v.dtype == torch.long:
+                continue
+            if k.endswith("running_var"):
+                v.copy_(0.5 + torch.rand(v.shape, generator=g))
+            else:
+                v.add_(0.2 * torch.randn(v.shape, generator=g))
+    # Written by our exporter, so GeoAlign's strict load_state_dict also checks export_stream1's layout.
+    export_stream1(model, cfg, root / "outputs/base_stream1/300_param.t", epoch=300)
+    isms = ISMS(2 * SMALL["out_dim"], SMALL["out_dim"])
+    isd = {
+        k: (
+            v
+            if v.dtype == torch.long
+            else (
+                0.5 + torch.rand(v.shape, generator=g)
+                if k.endswith("running_var")
+                else v + 0.1 * torch.randn(v.shape, generator=g)
+            )
+        )
+        for k, v in isms.state_dict().items()
+    }
+    (root / "outputs/base_stream2").mkdir(parents=True, exist_ok=True)
+    torch.save(isd, root / "outputs/base_stream2/isms_model_26_28.pth")
+    d = SMALL["out_dim"]
+    for feats_dir in ("feats_test", "feats_test_s2d"):
+        # D2S: gallery satellites = buildings + distractors (labels no query has) + two junk (-1).
+        # S2D: query satellites = the buildings; gallery drones include a few junk (-1) drones.
+        n_sat = n_build + (n_distractor if feats_dir == "feats_test" else 0)
+        sat_ids = torch.cat([torch.arange(n_build), 1000 + torch.arange(n_sat - n_build)])
+        dro_ids = torch.arange(n_build).repeat_interleave(drones_per)
+        if feats_dir == "feats_test":
+            sat_ids[-2:] = -1
+        else:
+            dro_ids[::17] = -1
+        base = torch.randn(n_sat, d, generator=g)
+        for layer in LAYERS:
+            out = root / feats_dir / BACKBONE / str(layer)
+            out.mkdir(parents=True, exist_ok=True)
+            mix = torch.randn(d, d, generator=g) / math.sqrt(d)
+            src = torch.arange(n_build).repeat_interleave(drones_per)
+            sat_f = F.normalize(base @ mix + 0.5 * torch.randn(n_sat, d, generator=g), dim=-1)
+            dro_f = F.normalize(base[src] @ mix + 1.6 * torch.randn(len(src), d, generator=g), dim=-1)
+            for view, f, ids in (("sat", sat_f, sat_ids), ("dro", dro_f, dro_ids)):
+                torch.save(f, out / f"{view}_feat")
+                torch.save(ids, out / f"{view}_id")
+                torch.save([f"{int(i):04d}/{view}_{n}.jpg" for n, i in enumerate(ids)], out / f"{view}_name")
+
+
+def patch_geoalign(src: Path, dst: Path, release: Path) -> Path:
+    """Throwaway copy of GeoAlign with evaluate.py pointed at the fake release and printing 6 decimals."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".git"))
+    ev = dst / "evaluate.py"
+    text = ev.read_text()
+    subs = [
+        (
+            r"DEFAULT_ISMS_PATH = .*",
+            f"DEFAULT_ISMS_PATH = {str(release / 'outputs/base_stream2/isms_model_26_28.pth')!r}",
+        ),
+        (r"FEAT_ROOT_D2S = .*", f"FEAT_ROOT_D2S = {str(release / 'feats_test' / BACKBONE)!r}"),
+        (r"FEAT_ROOT_S2D = .*", f"FEAT_ROOT_S2D = {str(release / 'feats_test_s2d' / BACKBONE)!r}"),
+        (r"INPUT_DIM_B = .*", f"INPUT_DIM_B = {2 * SMALL['out_dim']}"),
+        (r"LATENT_DIM_B = .*", f"LATENT_DIM_B = {SMALL['out_dim']}"),
+        (r"MOE_CONFIG_PATH = .*", f"MOE_CONFIG_PATH = {str(release / 'configs/base_stream1.yml')!r}"),
+        (r"MOE_WEIGHT_PATH = .*", f"MOE_WEIGHT_PATH = {str(release / 'outputs/base_stream1/300_param.t')!r}"),
+        (r"config\['model'\]\['out_dim'\] = 1280", f"config['model']['out_dim'] = {SMALL['out_dim']}"),
+        (r"config\['model'\]\['vec_dim'\] = 2560", f"config['model']['vec_dim'] = {SMALL['vec_dim']}"),
+        (r":\.2%\}", ":.6%}"),
+    ]
+    for pat, rep in subs:
+        text, n = re.subn(pat, lambda _m, r=rep: r, text)
+        if n == 0:
+            raise SystemExit(f"could not patch {pat!r} in {ev}: GeoAlign's evaluate.py changed")
+    ev.write_text(text)
+    return dst
+
+
+def run_geoalign(repo: Path, mode: str, fusion: bool, extra_path: str | None) -> dict[str, float]:
+    cmd = [sys.executable, "evaluate.py", "--mode", mode] + ([] if fusion else ["--no_fusion"])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, env.get("PYTHONPATH")) if p)
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"GeoAlign evaluate.py failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    out = {}
+    for key, label in (("R@1", "top-1"), ("R@5", "top-5"), ("R@10", "top-10"), ("AP", "AP")):
+        m = re.search(rf"{re.escape(label)}:\s+([0-9.]+)%", res.stdout)
+        if m is None:
+            raise SystemExit(f"no {label} in GeoAlign's output:\n{res.stdout[-2000:]}")
+        out[key] = float(m.group(1))
+    return out
+
+
+def run_ours(release: Path, mode: str, fusion: bool) -> dict[str, float]:
+    from align.geoalign_release import release_descriptors
+    from retrieve.metrics import evaluate
+
+    q, ql, _, gal, gl, _ = release_descriptors(release, mode=mode, model=BACKBONE, fusion=fusion)
+    summary, _ = evaluate(q.numpy(), ql.numpy(), gal.numpy(), gl.numpy(), "geoalign", ks=(1, 5, 10))
+    return {k: float(summary[k]) for k in ("R@1", "R@5", "R@10", "AP")}
+
+
+def bench_verify(args: argparse.Namespace) -> dict:
+    work = Path(args.workdir)
+    release = work / "release"
+    if release.exists():
+        shutil.rmtree(release)
+    write_fake_release(release, seed=args.seed)
+    repo = patch_geoalign(Path(args.geoalign), work / "geoalign", release)
+    rows = []
+    for mode in ("D2S", "S2D"):
+        for fusion in (True, False):
+            theirs = run_geoalign(repo, mode, fusion, args.extra_path)
+            ours = run_ours(release, mode, fusion)
+            diff = max(abs(theirs[k] - ours[k]) for k in theirs)
+            rows.append(
+                {"mode": mode, "fusion": fusion, "geoalign": theirs, "ours": ours, "max_abs_diff": diff}
+            )
+    return {"settings": SMALL, "rows": rows, "max_abs_diff": max(r["max_abs_diff"] for r in rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("time")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--isms-epochs", type=int, default=2)
+    t.add_argument("--threads", type=int, default=0)
+    v = sub.add_parser("verify-release")
+    v.add_argument("--geoalign", required=True, help="a checkout of JZLhope/GeoAlign (outside this repo)")
+    v.add_argument("--workdir", required=True, help="scratch folder (outside this repo)")
+    v.add_argument("--extra-path", default=None, help="PYTHONPATH entry with easydict/tqdm for GeoAlign")
+    v.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    out = bench_time(args) if args.cmd == "time" else bench_verify(args)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
