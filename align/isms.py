@@ -93,23 +93,37 @@ def train_isms(
     seed: int = 0,
     device: str = "cpu",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    state: dict | None = None,
+    save_state: Callable[[int, dict], None] | None = None,
 ) -> ISMS:
-    """Train ISMS on ``x`` [n, in_dim] (both views stacked); deterministic for a given seed on CPU."""
+    """Train ISMS on ``x`` [n, in_dim] (both views stacked); deterministic for a given seed on CPU.
+
+    ``save_state(epoch, state)`` receives a resumable state after every epoch (plain tensors: it
+    loads with ``weights_only=True``); passing it back as ``state`` continues from there and ends
+    identical to an uninterrupted run.
+    """
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = ISMS(x.shape[1], cfg.out_dim).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ISMS(x.shape[1], cfg.out_dim).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start = int(state["epoch"])
     n = x.shape[0]
     # BatchNorm needs at least two rows per batch; a last batch of one would be dropped.
     bs = max(2, min(cfg.batch_size, n))
     x = x.to(device)
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
         totals: dict[str, float] = {}
         steps = 0
-        for start in range(0, n, bs):
-            idx = perm[start : start + bs]
+        for begin in range(0, n, bs):
+            idx = perm[begin : begin + bs]
             if idx.numel() < 2:
                 continue
             loss, parts = isms_loss(model, x[idx], cfg.w_decor)
@@ -121,6 +135,16 @@ def train_isms(
             steps += 1
         if on_epoch is not None:
             on_epoch(epoch, {k: v / max(steps, 1) for k, v in totals.items()})
+        if save_state is not None:
+            save_state(
+                epoch + 1,
+                {
+                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "epoch": epoch + 1,
+                },
+            )
     model.eval()
     return model
 

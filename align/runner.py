@@ -1,18 +1,29 @@
 """The alignment stage: read cached descriptors, train a method, write aligned descriptors back.
 
+Methods (``align.method``): ``isms`` (stream 2), ``geoalign`` (stream 1: MoE adapter, Sinkhorn
+curriculum pseudo-labels, mutual optimization), ``fusion`` (both, fused as GeoAlign does),
+``emcvgl`` (hard mutual pseudo-labels + InfoNCE), ``supervised`` (stream 1 trained with the true
+pairs: the upper bound), ``identity`` (raw descriptors; nothing to train).
+
 Aligned entries are cache entries too. Their key chains to the parent entries' keys and the
-alignment run's digest (method, its parameters, the seed), so rerunning the same alignment reuses
-them and a change of any input makes new ones.
+alignment run's digest (method, its parameters, the seed, the training entries), so rerunning the
+same alignment reuses them and a change of any input makes new ones. Training state is saved every
+epoch under ``<cache>/models/<run digest>/``; a killed run resumes from the last epoch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from align.checkpoints import save_checkpoint
 from cache.keys import content_key
@@ -23,6 +34,7 @@ from configs.run import RunFolder
 from configs.schema import Config
 
 LogFn = Callable[[str, int, int, dict], None]  # (description, epoch, epochs, losses)
+TRAINED = ("isms", "geoalign", "fusion", "emcvgl", "supervised")
 
 
 @dataclass
@@ -34,6 +46,21 @@ class AlignedEntry:
     reused: bool
 
 
+@dataclass
+class ViewData:
+    """One view's cached descriptors, per layer, with its labels and names."""
+
+    view: str
+    entries: dict[int, Entry]
+    tensors: dict[int, torch.Tensor]
+    labels: np.ndarray
+    names: list[str]
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.entries[L].key for L in sorted(self.entries)]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -42,37 +69,108 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def input_aliases(cfg: Config) -> dict[str, list[str]]:
-    """{view: [entry alias per layer]} from align.query/align.gallery or the extraction's names."""
-    qv, gv = query_gallery_views(cfg)
-    layers = (
-        cfg.align.isms.layers if cfg.align.method == "isms" and cfg.align.isms.layers else cfg.backbone.layers
-    )
-    q = list(cfg.align.query) or [extracted_alias(cfg, qv, L) for L in layers]
-    g = list(cfg.align.gallery) or [extracted_alias(cfg, gv, L) for L in layers]
-    return {qv: q, gv: g}
+def role(view: str, is_query: bool) -> str:
+    """GeoAlign's branch for a view: ``dro`` (MoE adapter) or ``sat`` (shared encoder only)."""
+    v = view.lower()
+    if "drone" in v or v in ("dro", "ground", "street"):
+        return "dro"
+    if "sat" in v or v in ("aerial",):
+        return "sat"
+    return "dro" if is_query else "sat"
 
 
-def _load_view(
-    store: CacheStore, aliases: list[str]
-) -> tuple[list[Entry], list[torch.Tensor], np.ndarray, list[str]]:
-    entries = [store.open(a) for a in aliases]
-    counts = {e.count for e in entries}
-    if len(counts) != 1:
+def _aliases(cfg: Config, explicit: list[str], view: str, what: str) -> dict[int, str]:
+    layers = list(cfg.backbone.layers)
+    if not explicit:
+        return {L: extracted_alias(cfg, view, L) for L in layers}
+    if len(explicit) != len(layers):
         raise UserError(
-            f"entries {', '.join(aliases)} have different row counts {sorted(counts)}; they must describe the same images"
+            f"align.{what} lists {len(explicit)} entries but backbone.layers has {len(layers)}; "
+            "give one alias per layer, in the order of backbone.layers"
         )
-    tensors, labels, names = [], None, None
-    for e in entries:
+    return dict(zip(layers, explicit))
+
+
+def _load_view(store: CacheStore, view: str, aliases: dict[int, str], layers: set[int]) -> ViewData:
+    entries = {L: store.open(a) for L, a in aliases.items() if L in layers}
+    tensors: dict[int, torch.Tensor] = {}
+    labels = names = None
+    for L, e in entries.items():
         d, lab, nm = e.read()
         if names is not None and nm != names:
             raise UserError(
-                f"entries {aliases[0]} and {e.label} list different images; align layers of one image list"
+                f"entries {', '.join(aliases[x] for x in entries)} list different images; align layers of one image list"
             )
-        tensors.append(torch.from_numpy(d))
+        tensors[L] = torch.from_numpy(d.reshape(d.shape[0], -1))
         labels, names = lab, nm
     assert labels is not None and names is not None
-    return entries, tensors, labels, names
+    return ViewData(view, entries, tensors, labels, names)
+
+
+def _method_layers(cfg: Config) -> tuple[int, list[int]]:
+    s1 = cfg.align.stream1_layer if cfg.align.stream1_layer is not None else cfg.backbone.layers[-1]
+    if s1 not in cfg.backbone.layers:
+        raise UserError(f"align.stream1_layer={s1} is not among backbone.layers {cfg.backbone.layers}")
+    isms_layers = list(cfg.align.isms.layers or cfg.backbone.layers)
+    bad = [L for L in isms_layers if L not in cfg.backbone.layers]
+    if bad:
+        raise UserError(f"align.isms.layers {bad} are not among backbone.layers {cfg.backbone.layers}")
+    return s1, isms_layers
+
+
+def _dataclass_from_params(cls, params: dict, **auto):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in params if k not in fields]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], sorted(fields), n=1)
+        raise UserError(
+            f"unknown align.params key {unknown[0]!r} for {cls.__name__}"
+            + (f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(sorted(fields))}")
+        )
+    merged = {k: v for k, v in auto.items() if k not in params}
+    merged.update(params)
+    try:
+        return cls(**merged)
+    except TypeError as e:
+        raise UserError(f"align.params: {e}") from None
+
+
+def _adapter_dims(
+    in_dim: int, params: dict, vec_default: int, chunks_default: int = 20, nhead: int = 4
+) -> dict:
+    """Stream-1 widths for an input of ``in_dim``: the release's where they fit, else scaled."""
+    if in_dim == 1280:
+        return {"out_dim": in_dim}
+    vec = int(params.get("vec_dim", vec_default))
+    head = int(params.get("nhead", nhead))
+    chunks = int(params.get("num_chunks", 0)) or next(
+        (c for c in range(min(chunks_default, vec), 0, -1) if vec % c == 0 and (vec // c) % head == 0), 1
+    )
+    return {"out_dim": in_dim, "vec_dim": vec, "num_chunks": chunks}
+
+
+class _StateFile:
+    """Resumable training state under the cache's model folder (torch.save; loads weights_only)."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.path = folder / f"state-{name}.pt"
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a state cut short by a kill: start over rather than fail
+            return None
+
+    def save(self, epoch: int, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def run_alignment(
@@ -82,63 +180,217 @@ def run_alignment(
     method = cfg.align.method
     if method == "identity":
         return []
-    if method not in ("isms",):
-        raise UserError(f"align.method={method!r} is not available in this stage yet; use isms or identity")
-    views = input_aliases(cfg)
-    loaded = {v: _load_view(store, a) for v, a in views.items()}
-    parent_keys = {v: [e.key for e in loaded[v][0]] for v in views}
-    params = asdict(cfg.align.isms)
-    run_spec = {"method": method, "params": params, "seed": cfg.seed, "parents": parent_keys}
-    run_digest = content_key({"kind": "alignment-run", **run_spec})
-    specs = {v: {"kind": "aligned", "run": run_digest, "view": v, "parents": parent_keys[v]} for v in views}
-    keys = {v: content_key(s) for v, s in specs.items()}
-    aliases = {v: aligned_alias(cfg, v) for v in views}
-    run.record_keys({f"parent:{a}": e.key for v in views for a, e in zip(views[v], loaded[v][0])})
-    if all(store.has(k) for k in keys.values()):
-        for v in views:
-            store.set_alias(aliases[v], keys[v])
-        run.record_keys({aliases[v]: keys[v] for v in views})
-        return [AlignedEntry(v, keys[v], aliases[v], loaded[v][0][0].count, True) for v in views]
+    if method not in TRAINED:
+        raise UserError(
+            f"align.method={method!r} is not an alignment of drone/satellite descriptors; use one of {', '.join(TRAINED)}"
+        )
+    qv, gv = query_gallery_views(cfg)
+    s1_layer, isms_layers = _method_layers(cfg)
+    needed = (
+        set(isms_layers)
+        if method == "isms"
+        else {s1_layer}
+        if method != "fusion"
+        else {s1_layer, *isms_layers}
+    )
+    eval_views = {
+        qv: _load_view(store, qv, _aliases(cfg, cfg.align.query, qv, "query"), needed),
+        gv: _load_view(store, gv, _aliases(cfg, cfg.align.gallery, gv, "gallery"), needed),
+    }
+    if bool(cfg.align.train_query) != bool(cfg.align.train_gallery):
+        raise UserError("set both align.train_query and align.train_gallery, or neither")
+    if cfg.align.train_query:
+        train = {
+            role(qv, True): _load_view(
+                store, qv, _aliases(cfg, cfg.align.train_query, qv, "train_query"), needed
+            ),
+            role(gv, False): _load_view(
+                store, gv, _aliases(cfg, cfg.align.train_gallery, gv, "train_gallery"), needed
+            ),
+        }
+    else:
+        train = {role(qv, True): eval_views[qv], role(gv, False): eval_views[gv]}
+    if set(train) != {"sat", "dro"}:
+        raise UserError(
+            f"views {qv} and {gv} map to the same branch; align one drone-like and one satellite-like view"
+        )
+    for vd in (*eval_views.values(), *train.values()):
+        if not all(torch.isfinite(t).all() for t in vd.tensors.values()):
+            raise UserError(f"entries of view {vd.view} contain NaN descriptors; recompute them")
+    dims = {
+        vd.view: {L: t.shape[1] for L, t in vd.tensors.items()}
+        for vd in (*eval_views.values(), *train.values())
+    }
+    if len({tuple(sorted(d.items())) for d in dims.values()}) != 1:
+        raise UserError(
+            f"descriptor dimensions differ between views {dims}; align entries of the same backbone and layers"
+        )
 
-    from align.isms import ISMSConfig, isms_config_dict, isms_input, train_isms
+    params = {"isms": asdict(cfg.align.isms), "stream1_layer": s1_layer, "params": cfg.align.params}
+    run_spec = {
+        "method": method,
+        "params": params,
+        "seed": cfg.seed,
+        "train": {r: vd.keys for r, vd in sorted(train.items())},
+        "eval": {v: vd.keys for v, vd in eval_views.items()},
+    }
+    run_digest = content_key({"kind": "alignment-run", **run_spec})
+    specs = {
+        v: {"kind": "aligned", "run": run_digest, "view": v, "parents": vd.keys}
+        for v, vd in eval_views.items()
+    }
+    keys = {v: content_key(s) for v, s in specs.items()}
+    aliases = {v: aligned_alias(cfg, v) for v in eval_views}
+    run.record_keys(
+        {
+            f"parent:{vd.entries[L].manifest.alias or L}": vd.entries[L].key
+            for vd in eval_views.values()
+            for L in vd.entries
+        }
+    )
+    run.record(
+        alignment={"method": method, "run_digest": run_digest, "transductive": not cfg.align.train_query}
+    )
+    if all(store.has(k) for k in keys.values()):
+        for v in eval_views:
+            store.set_alias(aliases[v], keys[v])
+        run.record_keys({aliases[v]: keys[v] for v in eval_views})
+        return [AlignedEntry(v, keys[v], aliases[v], len(eval_views[v].names), True) for v in eval_views]
 
     device = resolve_device(cfg.align.device)
-    dims = {v: sum(t.shape[1] for t in loaded[v][1]) for v in views}
-    if len(set(dims.values())) != 1:
-        raise UserError(
-            f"query and gallery inputs have different dimensions {dims}; align entries of the same layers"
-        )
-    inputs = {v: isms_input(loaded[v][1]) for v in views}
-    icfg = ISMSConfig(**{k: v for k, v in params.items() if k != "layers"})
+    model_dir = store.root / "models" / run_digest
     history: list[dict] = []
 
-    def on_epoch(epoch: int, losses: dict[str, float]) -> None:
-        history.append({"epoch": epoch, **losses})
-        if log:
-            log(f"align {method}", epoch + 1, icfg.epochs, losses)
+    def on_epoch_for(name: str, epochs: int):
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            history.append(
+                {
+                    "model": name,
+                    "epoch": epoch,
+                    **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+                }
+            )
+            if log:
+                shown = {
+                    k: v
+                    for k, v in metrics.items()
+                    if k in ("loss", "rec", "decor", "pl_acc", "pl_acc_reliable", "eps")
+                }
+                log(f"align {name}", epoch + 1, epochs, shown)
 
-    model = train_isms(
-        torch.cat(list(inputs.values())), icfg, seed=cfg.seed, device=str(device), on_epoch=on_epoch
-    )
-    config = {**isms_config_dict(model, icfg), "run_digest": run_digest, "parents": parent_keys}
-    save_checkpoint(run.path, "model", model, config)
-    save_checkpoint(store.root / "models" / run_digest, "model", model, config)
+        return on_epoch
+
+    encoders: dict[str, Callable[[torch.Tensor, str], torch.Tensor]] = {}
+    labels_t = {r: torch.from_numpy(vd.labels) for r, vd in train.items()}
+
+    if method in ("isms", "fusion"):
+        from align.isms import ISMSConfig, isms_config_dict, isms_input, train_isms
+
+        icfg = ISMSConfig(**{k: v for k, v in asdict(cfg.align.isms).items() if k != "layers"})
+        x = torch.cat([isms_input([train[r].tensors[L] for L in isms_layers]) for r in ("sat", "dro")])
+        state = _StateFile(model_dir, "isms")
+        isms = train_isms(
+            x,
+            icfg,
+            seed=cfg.seed,
+            device=str(device),
+            on_epoch=on_epoch_for("isms", icfg.epochs),
+            state=state.load(),
+            save_state=state.save,
+        )
+        save_checkpoint(
+            run.path,
+            "isms",
+            isms,
+            {**isms_config_dict(isms, icfg), "layers": isms_layers, "run_digest": run_digest},
+        )
+        encoders["isms"] = lambda vd, r: isms.encode(
+            isms_input([vd.tensors[L] for L in isms_layers]).to(device)
+        ).cpu()
+
+    if method in ("geoalign", "fusion", "supervised"):
+        from align.geoalign import Stream1Config
+        from align.geoalign_release import export_stream1
+        from align.train_stream1 import train_stream1
+
+        in_dim = train["sat"].tensors[s1_layer].shape[1]
+        s1cfg = _dataclass_from_params(
+            Stream1Config, cfg.align.params, **_adapter_dims(in_dim, cfg.align.params, 2 * in_dim)
+        )
+        state = _StateFile(model_dir, "stream1")
+        common = dict(
+            seed=cfg.seed,
+            device=str(device),
+            sat_labels=labels_t["sat"],
+            dro_labels=labels_t["dro"],
+            on_epoch=on_epoch_for("stream1", s1cfg.epochs),
+            state=state.load(),
+            save_state=state.save,
+        )
+        if method == "supervised":
+            from align.baselines import train_supervised
+
+            if (train["sat"].labels < 0).all() or (train["dro"].labels < 0).all():
+                raise UserError(
+                    "align.method=supervised needs labels on the training entries; these have none (-1)"
+                )
+            s1, _ = train_supervised(
+                train["sat"].tensors[s1_layer], train["dro"].tensors[s1_layer], s1cfg, **common
+            )
+        else:
+            s1, _ = train_stream1(
+                train["sat"].tensors[s1_layer], train["dro"].tensors[s1_layer], s1cfg, **common
+            )
+        conf = {"method": method, "stream1": asdict(s1cfg), "layer": s1_layer, "run_digest": run_digest}
+        save_checkpoint(run.path, "stream1", s1, conf)
+        export_stream1(s1, s1cfg, run.path / "stream1_geoalign.t")
+        encoders["stream1"] = lambda vd, r: s1.describe(vd.tensors[s1_layer].to(device), r).cpu()
+
+    if method == "emcvgl":
+        from align.baselines import EMCVGLConfig, train_emcvgl
+
+        in_dim = train["sat"].tensors[s1_layer].shape[1]
+        ecfg = _dataclass_from_params(
+            EMCVGLConfig,
+            cfg.align.params,
+            out_dim=in_dim,
+            vec_dim=max(2 * in_dim, 8) if in_dim != 1280 else 2048,
+        )
+        state = _StateFile(model_dir, "emcvgl")
+        em, _ = train_emcvgl(
+            train["sat"].tensors[s1_layer],
+            train["dro"].tensors[s1_layer],
+            ecfg,
+            seed=cfg.seed,
+            device=str(device),
+            sat_labels=labels_t["sat"],
+            dro_labels=labels_t["dro"],
+            on_epoch=on_epoch_for("emcvgl", ecfg.epochs),
+            state=state.load(),
+            save_state=state.save,
+        )
+        save_checkpoint(run.path, "emcvgl", em, {"method": method, "emcvgl": asdict(ecfg), "layer": s1_layer})
+        encoders["emcvgl"] = lambda vd, r: em.describe(vd.tensors[s1_layer].to(device), r).cpu()
+
     (run.path / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     out = []
     with torch.no_grad():
-        for v in views:
-            d = model.encode(inputs[v].to(device)).cpu().numpy()
-            _, _, labels, names = loaded[v]
+        for i, (v, vd) in enumerate(eval_views.items()):
+            r = role(v, i == 0)
+            parts = [F.normalize(enc(vd, r).float(), dim=-1) for enc in encoders.values()]
+            d = F.normalize(torch.cat(parts, dim=-1), dim=-1).numpy() if len(parts) > 1 else parts[0].numpy()
             entry = store.put_arrays(
                 specs[v],
                 d,
-                labels,
-                names,
+                vd.labels,
+                vd.names,
                 alias=aliases[v],
-                parents=parent_keys[v],
+                parents=vd.keys,
                 extra={"view": v, "method": method, "run_digest": run_digest},
                 dtype="float32",
             )
             out.append(AlignedEntry(v, entry.key, aliases[v], entry.count, False))
+    for name in ("isms", "stream1", "emcvgl"):
+        _StateFile(model_dir, name).clear()
     run.record_keys({a.alias: a.key for a in out})
     return out

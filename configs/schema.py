@@ -105,13 +105,19 @@ class ISMSSection:
 @dataclass
 class AlignConfig:
     method: str = _choices(*METHODS, default="isms")
-    query: list[str] = field(default_factory=list)  # entry aliases; empty: from the extraction
+    # Entries to align: one alias per backbone.layers entry, in that order; empty = the extraction's.
+    query: list[str] = field(default_factory=list)
     gallery: list[str] = field(default_factory=list)
+    # Entries to train on (same form); empty = train on the query/gallery entries themselves
+    # (transductive). GeoAlign trains on University-1652's train split and evaluates on test.
+    train_query: list[str] = field(default_factory=list)
+    train_gallery: list[str] = field(default_factory=list)
     alias: str | None = None  # output aliases: <alias>.<view>; default <name>.<method>
     device: str = "auto"
-    fusion: bool = True
+    fusion: bool = True  # geoalign release: fuse stream 1 with ISMS
+    stream1_layer: int | None = None  # layer stream 1 / baselines read; default: the last of backbone.layers
     isms: ISMSSection = field(default_factory=ISMSSection)
-    params: dict = field(default_factory=dict)  # method-specific hyperparameters
+    params: dict = field(default_factory=dict)  # method hyperparameters (Stream1Config / EMCVGLConfig fields)
 
 
 @dataclass

@@ -1,0 +1,173 @@
+"""VGG16 conv stack: torchvision-format loading, numerics against an independent forward, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from configs.errors import UserError
+from extract.vgg16 import (
+    CVFT_AERIAL_SIZE,
+    CVFT_GROUND_SIZE,
+    CVFT_MEAN_BGR,
+    conv5_map_size,
+    load_vgg16,
+    preprocess,
+)
+
+# torchvision's vgg16().features, written out here independently of the module under test:
+# (index in the Sequential, in_channels, out_channels) of each conv; pools follow indices 2, 7, 14, 21, 28.
+TV_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256),
+            (14, 256, 256), (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512),
+            (26, 512, 512), (28, 512, 512)]  # fmt: skip
+POOL_AFTER = {2, 7, 14, 21, 28}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small ops on a shared 2-core machine run far faster single-threaded (no OpenMP spinning).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_torchvision_state(seed: int = 1) -> dict[str, torch.Tensor]:
+    """A full-model torchvision-style state dict: features.N.* plus a (small, fake) classifier."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for idx, cin, cout in TV_CONVS:
+        state[f"features.{idx}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (2.0 / (9 * cin)) ** 0.5
+        state[f"features.{idx}.bias"] = torch.randn(cout, generator=g) * 0.1
+    state["classifier.0.weight"] = torch.randn(8, 8, generator=g)  # ignored by the loader
+    state["classifier.6.bias"] = torch.randn(8, generator=g)
+    return state
+
+
+def tf_same_pool(x: torch.Tensor) -> torch.Tensor:
+    """TensorFlow's 2×2/2 'SAME' max-pool: pad the odd edge (bottom/right) with -inf, then pool."""
+    return F.max_pool2d(F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2), value=float("-inf")), 2, 2)
+
+
+def reference_forward(state: dict[str, torch.Tensor], x: torch.Tensor, cvft: bool) -> torch.Tensor:
+    """conv1_1 … conv5_3 (post-ReLU) with four pools, using only torch.nn.functional."""
+    for idx, _, _ in TV_CONVS:
+        x = F.relu(F.conv2d(x, state[f"features.{idx}.weight"], state[f"features.{idx}.bias"], padding=1))
+        if idx in POOL_AFTER and idx != 28:
+            x = tf_same_pool(x) if cvft else F.max_pool2d(x, 2, 2)
+    return x
+
+
+def test_full_model_pth_loads_and_matches_functional_forward(tmp_path):
+    state = random_torchvision_state()
+    path = tmp_path / "vgg16.pth"
+    torch.save(state, path)
+    model = load_vgg16(path)
+    # Odd sizes at several pooling stages, so ceil ('SAME') and floor pooling really differ.
+    x = torch.randn(2, 3, 40, 72, generator=torch.Generator().manual_seed(0))
+    for cvft in (True, False):
+        ours = model.forward_maps(x, "conv5_3", cvft=cvft)
+        ref = reference_forward(state, x, cvft)
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    assert model.forward_maps(x, cvft=True).shape[-2:] == (3, 5)
+    assert model.forward_maps(x, cvft=False).shape[-2:] == (2, 4)
+
+
+def test_features_only_and_safetensors_load_the_same_weights(tmp_path):
+    state = random_torchvision_state()
+    feats = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    torch.save(feats, tmp_path / "features.pt")
+    save_file(
+        {k: v.contiguous() for k, v in state.items() if k.startswith("features.")}, tmp_path / "w.safetensors"
+    )
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "wrapped.pth")
+    ref = load_vgg16(state).state_dict()
+    for name in ("features.pt", "w.safetensors", "wrapped.pth"):
+        got = load_vgg16(tmp_path / name).state_dict()
+        assert got.keys() == ref.keys()
+        for k in ref:
+            assert torch.equal(got[k], ref[k]), (name, k)
+
+
+def test_wrong_shape_names_key_expected_and_found(tmp_path):
+    state = random_torchvision_state()
+    state["features.10.weight"] = torch.zeros(256, 64, 3, 3)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(UserError) as err:
+        load_vgg16(tmp_path / "bad.pth")
+    msg = str(err.value)
+    assert "features.10.weight" in msg and "[256, 128, 3, 3]" in msg and "[256, 64, 3, 3]" in msg
+    assert "\n" not in msg
+
+
+def test_missing_and_unexpected_keys_are_named():
+    state = random_torchvision_state()
+    del state["features.26.bias"]
+    with pytest.raises(UserError, match=r"features\.26\.bias"):
+        load_vgg16(state)
+    state = random_torchvision_state()
+    state["features.1.running_mean"] = torch.zeros(64)
+    with pytest.raises(UserError, match="vgg16_bn"):
+        load_vgg16(state)
+
+
+def test_pickled_module_is_refused_with_weights_only(tmp_path):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
+    with pytest.raises(UserError, match="state_dict"):
+        load_vgg16(tmp_path / "module.pth")
+    with pytest.raises(UserError, match="not found"):
+        load_vgg16(tmp_path / "absent.pth")
+
+
+def test_random_init_is_deterministic_by_seed():
+    a, b, c = (
+        load_vgg16(seed=3).state_dict(),
+        load_vgg16(seed=3).state_dict(),
+        load_vgg16(seed=4).state_dict(),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["features.0.weight"], c["features.0.weight"])
+
+
+def test_cvft_input_sizes_give_expected_conv5_maps():
+    assert CVFT_GROUND_SIZE == (112, 616) and CVFT_AERIAL_SIZE == (256, 256)
+    assert conv5_map_size(CVFT_GROUND_SIZE) == (7, 39)  # TF 'SAME' pooling, as CVFT's code
+    assert conv5_map_size(CVFT_GROUND_SIZE, cvft=False) == (7, 38)  # torchvision floor pooling
+    assert conv5_map_size(CVFT_AERIAL_SIZE) == (16, 16)
+    model = load_vgg16(seed=0)
+    with torch.no_grad():
+        maps = model.forward_maps(torch.randn(1, 3, *CVFT_GROUND_SIZE))
+    assert maps.shape == (1, 512, 7, 39)
+
+
+def test_pooled_descriptors_are_unit_norm_and_max_is_global_max():
+    model = load_vgg16(seed=0)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        maps = model.forward_maps(x)
+        for pooling in ("max", "avg", "gem"):
+            d = model.forward_pooled(x, pooling)
+            assert d.shape == (2, 512)
+            torch.testing.assert_close(d.norm(dim=1), torch.ones(2))
+        torch.testing.assert_close(model.forward_pooled(x, "max"), F.normalize(maps.amax(dim=(2, 3)), dim=1))
+    with pytest.raises(UserError, match="pooling"):
+        model.forward_pooled(x, "median")
+    with pytest.raises(UserError, match="layer"):
+        model.forward_maps(x, "conv6_1")
+
+
+def test_preprocess_cvft_is_bgr_minus_caffe_means_and_imagenet_is_rgb_mean_std():
+    img = np.zeros((4, 5, 3), dtype=np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = 10, 20, 30  # R, G, B
+    x = preprocess(img, "cvft")
+    assert x.shape == (1, 3, 4, 5)
+    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([30.0, 20.0, 10.0]) - torch.tensor(CVFT_MEAN_BGR))
+    y = preprocess(img, "imagenet")
+    want = (torch.tensor([10.0, 20.0, 30.0]) / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )
+    torch.testing.assert_close(y[0, :, 3, 4], want)
