@@ -211,6 +211,11 @@ def retrieve(args: list[str] | None = CONFIG_ARGS) -> None:
     def go(cfg, store, run, reporter):
         from retrieve.runner import run_retrieval
 
+        if cfg.dataset.layout == "geoalign_release":
+            from align.runner import run_release
+
+            q, g = run_release(cfg, store, run)
+            return run_retrieval(cfg, store, run, query=cfg.retrieve.query or q, gallery=cfg.retrieve.gallery or g)
         return run_retrieval(cfg, store, run)
 
     m = _run_stage("retrieve", cfg, go)

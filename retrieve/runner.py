@@ -70,7 +70,11 @@ def run_retrieval(
 
     protocol = cfg.retrieve.protocol
     ks = tuple(cfg.retrieve.ks)
-    topk = min(cfg.retrieve.topk, ge.count)
+    g_labels = ge.labels()
+    n_rankable = ge.count if protocol == "cvft" else int((g_labels != -1).sum())
+    if n_rankable == 0:
+        raise UserError(f"gallery {gallery} has only junk items (label -1); nothing can be retrieved")
+    topk = min(cfg.retrieve.topk, n_rankable)
     summary, results = evaluate_streaming(
         q_desc, q_labels, chunks, protocol, ks=ks, topk=topk, device=_device(cfg.retrieve.device)
     )
