@@ -197,17 +197,13 @@ def run_alignment(
         qv: _load_view(store, qv, _aliases(cfg, cfg.align.query, qv, "query"), needed),
         gv: _load_view(store, gv, _aliases(cfg, cfg.align.gallery, gv, "gallery"), needed),
     }
-    if bool(cfg.align.train_query) != bool(cfg.align.train_gallery):
-        raise UserError("set both align.train_query and align.train_gallery, or neither")
-    if cfg.align.train_query:
-        train = {
-            role(qv, True): _load_view(
-                store, qv, _aliases(cfg, cfg.align.train_query, qv, "train_query"), needed
-            ),
-            role(gv, False): _load_view(
-                store, gv, _aliases(cfg, cfg.align.train_gallery, gv, "train_gallery"), needed
-            ),
-        }
+    if bool(cfg.align.train_drone) != bool(cfg.align.train_satellite):
+        raise UserError("set both align.train_drone and align.train_satellite, or neither")
+    if role(qv, True) == role(gv, False):
+        raise UserError(f"views {qv} and {gv} map to the same branch; align one drone-like and one satellite-like view")
+    if cfg.align.train_drone:
+        by_role = {"dro": (cfg.align.train_drone, "train_drone"), "sat": (cfg.align.train_satellite, "train_satellite")}
+        train = {r: _load_view(store, f"train_{r}", _aliases(cfg, a, f"train_{r}", w), needed) for r, (a, w) in by_role.items()}
     else:
         train = {role(qv, True): eval_views[qv], role(gv, False): eval_views[gv]}
     if set(train) != {"sat", "dro"}:
@@ -249,7 +245,7 @@ def run_alignment(
         }
     )
     run.record(
-        alignment={"method": method, "run_digest": run_digest, "transductive": not cfg.align.train_query}
+        alignment={"method": method, "run_digest": run_digest, "transductive": not cfg.align.train_drone}
     )
     if all(store.has(k) for k in keys.values()):
         for v in eval_views:

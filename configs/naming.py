@@ -13,7 +13,7 @@ def dataset_views(cfg: Config) -> list[str]:
         return ["images"]
     from extract.datasets import view_pair
 
-    return list(view_pair(cfg.dataset.mode))
+    return list(view_pair(cfg.dataset.mode, cfg.dataset.layout))
 
 
 def query_gallery_views(cfg: Config) -> tuple[str, str]:

@@ -44,8 +44,8 @@ class SyntheticConfig:
 class DatasetConfig:
     layout: str = _choices(*LAYOUTS, default="u1652")
     root: str | None = None
-    split: str = "test"
-    mode: str = "D2S"  # D2S, S2D (also G2S, S2G, D2G, G2D for street views)
+    split: str = "test"  # u1652/sues200: test | train; cvusa/cvact: train | val (test = val)
+    mode: str = "D2S"  # D2S, S2D (also G2S, S2G, D2G, G2D for street views); cvusa/cvact: G2A, A2G
     views: list[str] = field(default_factory=list)  # empty: the query and gallery views of `mode`
     altitude: int | None = None  # SUES-200 flight height (150, 200, 250, 300)
     model: str = "dinov3_vith16plus"  # geoalign_release: the feats_test/<model> folder
@@ -55,40 +55,59 @@ class DatasetConfig:
 
 @dataclass
 class BackboneConfig:
-    name: str = "dinov3_vith16plus"
+    name: str = "dinov3_vith16plus"  # any of the seven DINOv3 variants, or vgg16
     weights: str | None = None  # HF folder or Meta .pth; None = random init (demo and tests only)
-    layers: list[int] = field(default_factory=lambda: [26, 28])
+    # DINOv3: block indices from 0; vgg16: layer names (conv5_3 for CVFT, any convN_M or poolN)
+    layers: list[int | str] = field(default_factory=lambda: [26, 28])
     facet: str = _choices("token", "query", "key", "value", default="token")
     seed: int = 0  # random-init seed
-    arch: dict = field(default_factory=dict)  # architecture overrides for random-init models (demo)
-    device: str = "auto"
+    # architecture overrides: DINOv3 variant fields for random-init models (demo); vgg16: {pool: ceil|floor}
+    arch: dict = field(default_factory=dict)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each rank's local GPU)
     dtype: str = _choices("auto", "float32", "bfloat16", default="auto")
-    compile: bool = False
+    compile: bool = False  # torch.compile the backbone (worth it on GPU for long runs)
 
 
 @dataclass
 class PreprocessConfig:
-    resize: int | None = None  # None = native size (GeoAlign: 512×512 as shipped)
+    resize: int | list[int] | None = None  # None = native size (GeoAlign: 512×512 as shipped); N or [h, w]
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # default: `resize` with bicubic; cvft: per-view CVFT sizes (ground 112×616, aerial 256×256), area resize
+    recipe: str = _choices("default", "cvft", default="default")
+    resize_by_view: dict = field(default_factory=dict)  # {view: N or [h, w]}: overrides resize per view
+    # meanstd: RGB/255, (x-mean)/std; caffe_bgr: BGR 0..255 minus CVFT's means (Caffe-converted VGG16)
+    normalization: str = _choices("meanstd", "caffe_bgr", default="meanstd")
 
 
 @dataclass
 class PoolingConfig:
-    name: str = _choices("gem", "avg", "max", "cls", default="gem")
+    # none: no pooling, spatial maps per image (vgg16 only: [512, h, w] for CVFT)
+    name: str = _choices("gem", "avg", "max", "cls", "none", default="gem")
     p: float = 3.0
     eps: float = 1e-6
     local_norm: bool = True  # L2-normalize each patch token before pooling (GeoAlign does, for every method)
+    use_cls: bool = False  # pool the CLS token with the patch tokens (GeoAlign's --use_cls, for facets)
 
 
 @dataclass
 class ExtractConfig:
     alias: str | None = None  # default: the config's name
-    batch_size: int = 16
-    num_workers: int = 2
+    batch_size: int | str = 16  # or auto: the largest that fits and still speeds up (CUDA; 16 on CPU)
+    max_batch_size: int = 512  # ceiling of the batch_size=auto search
+    num_workers: int = 2  # decoding processes (each decodes batches ahead of the backbone)
     shard_rows: int = 8192
     dtype: str = _choices("float16", "float32", default="float16")
-    skip_bad: bool = False
+    skip_bad: bool = False  # corrupt images are left out and listed in the manifest (extra.skipped)
+    launcher: str = _choices("none", "torchrun", default="none")  # torchrun: spawn nproc ranks
+    nproc: int = 0  # ranks for launcher=torchrun; 0 = one per visible GPU (2 on a CPU-only machine)
+
+    def __post_init__(self) -> None:
+        # `int | str` would accept any word; only the one keyword is meant.
+        if isinstance(self.batch_size, str) and self.batch_size != "auto":
+            raise UserError(
+                f"extract.batch_size must be an integer or auto, got {self.batch_size!r}; e.g. extract.batch_size=32"
+            )
 
 
 @dataclass
@@ -108,10 +127,11 @@ class AlignConfig:
     # Entries to align: one alias per backbone.layers entry, in that order; empty = the extraction's.
     query: list[str] = field(default_factory=list)
     gallery: list[str] = field(default_factory=list)
-    # Entries to train on (same form); empty = train on the query/gallery entries themselves
-    # (transductive). GeoAlign trains on University-1652's train split and evaluates on test.
-    train_query: list[str] = field(default_factory=list)
-    train_gallery: list[str] = field(default_factory=list)
+    # Entries to train on, by branch (same form: one alias per layer); empty = train on the
+    # query/gallery entries themselves (transductive). GeoAlign trains on University-1652's train
+    # split and evaluates on test. The drone branch carries the MoE adapter (ground views in CVUSA).
+    train_drone: list[str] = field(default_factory=list)
+    train_satellite: list[str] = field(default_factory=list)
     alias: str | None = None  # output aliases: <alias>.<view>; default <name>.<method>
     device: str = "auto"
     fusion: bool = True  # geoalign release: fuse stream 1 with ISMS
