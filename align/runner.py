@@ -180,6 +180,10 @@ def run_alignment(
     method = cfg.align.method
     if method == "identity":
         return []
+    if method in ("cvft", "vgg_conv", "vgg_gp"):
+        from align.cvft_runner import run_cvft
+
+        return run_cvft(cfg, store, run, log=log)
     if method not in TRAINED:
         raise UserError(
             f"align.method={method!r} is not an alignment of drone/satellite descriptors; use one of {', '.join(TRAINED)}"

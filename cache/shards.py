@@ -129,3 +129,18 @@ def read_shard(
             "on that entry, then recompute it"
         ) from None
     return desc, labels, names
+
+
+def read_shard_rows(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Descriptors of the given (sorted, shard-local) rows, for random-access training batches.
+
+    Whole-shard checksums cannot be checked on a partial read; ``pipeline cache verify`` covers them.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            return f["descriptors"][np.asarray(rows, dtype=np.int64)]
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(
+            f"cache shard {path} is corrupt ({e}); run `pipeline cache verify` and `pipeline cache rm` "
+            "on that entry, then recompute it"
+        ) from None
