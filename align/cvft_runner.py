@@ -105,7 +105,10 @@ def run_cvft(cfg: Config, store: CacheStore, run: RunFolder, *, log: Callable | 
         )
     else:
         train_g, train_a = eval_g, eval_a
-    ccfg = _dataclass_from_params(CVFTConfig, cfg.align.params, variant=method)
+    first = train_g.manifest.shards[0] if train_g.manifest.shards else None
+    # Shuffle shard-wise (a few shards at a time), so training never needs the entry in memory.
+    shard_rows = (first.row_end - first.row_start) if first else 0
+    ccfg = _dataclass_from_params(CVFTConfig, cfg.align.params, variant=method, shard_rows=shard_rows)
     if ccfg.variant != method:
         raise UserError(
             f"align.params.variant={ccfg.variant!r} contradicts align.method={method!r}; drop the param"
@@ -142,7 +145,7 @@ def run_cvft(cfg: Config, store: CacheStore, run: RunFolder, *, log: Callable | 
         if log:
             log(
                 f"align {method}",
-                int(record.get("epoch", 0)) + 1,
+                int(record.get("epoch", 0)),  # already counts completed epochs
                 ccfg.epochs,
                 {k: record[k] for k in ("loss", "pairs_per_s") if k in record},
             )

@@ -236,7 +236,14 @@ def run_alignment(
     }
     run_digest = content_key({"kind": "alignment-run", **run_spec})
     specs = {
-        v: {"kind": "aligned", "run": run_digest, "view": v, "parents": vd.keys}
+        v: {
+            "kind": "aligned",
+            "run": run_digest,
+            "view": v,
+            "parents": vd.keys,
+            # fused column order (part of the key: entries of the old [ISMS | stream 1] order differ)
+            **({"layout": ["stream1", "isms"]} if method == "fusion" else {}),
+        }
         for v, vd in eval_views.items()
     }
     keys = {v: content_key(s) for v, s in specs.items()}
@@ -377,7 +384,12 @@ def run_alignment(
     with torch.no_grad():
         for i, (v, vd) in enumerate(eval_views.items()):
             r = role(v, i == 0)
-            parts = [F.normalize(enc(vd, r).float(), dim=-1) for enc in encoders.values()]
+            # GeoAlign's fused layout: [stream 1 | ISMS] (3840 = 2560 + 1280 at release sizes).
+            parts = [
+                F.normalize(encoders[k](vd, r).float(), dim=-1)
+                for k in ("stream1", "emcvgl", "isms")
+                if k in encoders
+            ]
             d = F.normalize(torch.cat(parts, dim=-1), dim=-1).numpy() if len(parts) > 1 else parts[0].numpy()
             entry = store.put_arrays(
                 specs[v],

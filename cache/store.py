@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from cache.keys import DigestMemo, content_key, file_sha256
@@ -118,11 +120,39 @@ class Entry:
 
 
 @dataclass
-class EntryWriter:
-    """Writes an entry shard by shard; resumes after the last complete shard of an earlier attempt.
+class _DoneShard:
+    """A complete shard file: its attrs' row range, the input rows it covers, what it left out."""
 
-    Shard i always holds rows [i·shard_rows, (i+1)·shard_rows), so an interrupted run and an
-    uninterrupted one produce the same shards.
+    file: str
+    row_start: int  # first input row (image index) it covers: index · shard_rows
+    row_end: int  # row_start + rows stored
+    input_end: int  # one past the last input row it covers
+    skipped: list[str]
+    sha256: str | None  # computed lazily for shards found on disk (another rank may have written them)
+    bytes: int
+
+
+_SHARD_FILE = re.compile(r"^shard-(\d{5,})\.h5$")
+
+
+@dataclass
+class EntryWriter:
+    """Writes an entry shard by shard; resumes after the shards complete in an earlier attempt.
+
+    Shard i always covers input rows [i·shard_rows, (i+1)·shard_rows), so an interrupted run and an
+    uninterrupted one produce the same shards. Two ways to write:
+
+    * :meth:`add` appends rows in order from :attr:`rows_done` (full shards are written at once,
+      the remainder by :meth:`finish`);
+    * :meth:`write_shard_rows` writes one given shard, in any order: several processes (ranks) can
+      each write their own shards of one entry. This needs ``total_rows`` (the number of input rows),
+      so that a short last shard is recognised as complete. Rows that could not be computed (corrupt
+      images) may be left out of a shard: it then stores fewer rows than it covers and names the
+      skipped inputs in its attrs (``input_end``, ``skipped``); the manifest counts stored rows and
+      lists every skipped name in ``extra.skipped``.
+
+    ``cleanup=False`` leaves temporary files and unrecognised shards alone: a second rank must not
+    delete the files another rank is writing.
     """
 
     store: CacheStore
@@ -131,69 +161,135 @@ class EntryWriter:
     shape: tuple[int, ...]
     dtype: str
     shard_rows: int
+    total_rows: int | None = None
+    cleanup: bool = True
 
     def __post_init__(self) -> None:
         self.dir = self.store.entry_dir(self.key)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.shards: list[ShardInfo] = []
+        self._done: dict[int, _DoneShard] = {}
         self._buf: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
         self._buf_rows = 0
         self._resume()
 
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def shards(self) -> list[ShardInfo]:
+        """The complete shards of the contiguous prefix, as the manifest will list them."""
+        return self._manifest_shards(self._prefix())
+
     @property
     def rows_done(self) -> int:
-        """Rows already in complete shards: the row the caller resumes from."""
-        return self.shards[-1].row_end if self.shards else 0
+        """Input rows covered by the complete shards of the prefix: the row a sequential caller resumes from."""
+        prefix = self._prefix()
+        return self._done[prefix[-1]].input_end if prefix else 0
 
     @property
     def next_row(self) -> int:
         """The row the next :meth:`add` must start with (written plus buffered rows)."""
         return self.rows_done + self._buf_rows
 
+    @property
+    def n_shards(self) -> int:
+        """How many shards the entry has (needs ``total_rows``)."""
+        if self.total_rows is None:
+            raise ValueError("n_shards needs total_rows")
+        return -(-self.total_rows // self.shard_rows)
+
+    @property
+    def done_indices(self) -> set[int]:
+        """Indices of the shards already complete on disk (from this or an earlier attempt)."""
+        return set(self._done)
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        """Input rows ``[start, end)`` shard ``index`` covers."""
+        start = index * self.shard_rows
+        end = start + self.shard_rows
+        return start, end if self.total_rows is None else min(end, self.total_rows)
+
+    def _prefix(self) -> list[int]:
+        out: list[int] = []
+        while len(out) in self._done:
+            out.append(len(out))
+        return out
+
+    # -- resume ---------------------------------------------------------------------------------
     def _resume(self) -> None:
-        for tmp in self.dir.glob("*.tmp-*"):
-            tmp.unlink(missing_ok=True)
-        i = 0
-        while True:
-            p = self.dir / shard_name(i)
-            if not p.exists():
-                break
-            try:
-                attrs = read_shard_attrs(p)
-                ok = (
-                    attrs.get("key") == self.key
-                    and int(attrs.get("shard_index", -1)) == i
-                    and int(attrs.get("row_start", -1)) == i * self.shard_rows
-                    and int(attrs.get("row_end", -1)) - int(attrs.get("row_start", 0)) == self.shard_rows
-                )
-            except OSError:
-                ok = False
-            if not ok:
-                break
-            self.shards.append(
-                ShardInfo(
-                    p.name, int(attrs["row_start"]), int(attrs["row_end"]), file_sha256(p), p.stat().st_size
-                )
+        if self.cleanup:
+            for tmp in [*self.dir.glob("*.tmp-*"), *self.dir.glob("*.part")]:
+                tmp.unlink(missing_ok=True)
+        self.refresh()
+        if self.total_rows is None:
+            # Sequential writing continues after the prefix: anything later is recomputed.
+            prefix = set(self._prefix())
+            for i in [i for i in self._done if i not in prefix]:
+                if self.cleanup:
+                    (self.dir / self._done[i].file).unlink(missing_ok=True)
+                del self._done[i]
+
+    def refresh(self) -> None:
+        """Re-read which shards are complete on disk (other processes may have written some).
+
+        A shard counts when its attrs name this key, its index and its row range, and it covers its
+        whole input range (a short last shard only when ``total_rows`` says it is the last). Anything
+        else with a shard name (a mismatched spec, a short shard of an interrupted sequential run) is
+        removed when ``cleanup`` is on, so it is recomputed.
+        """
+        for p in sorted(self.dir.glob("shard-*.h5")):
+            m = _SHARD_FILE.match(p.name)
+            index = int(m.group(1)) if m else -1
+            if index in self._done and self._done[index].file == p.name:
+                continue
+            shard = self._check_shard(p, index) if index >= 0 else None
+            if shard is not None:
+                self._done[index] = shard
+            elif self.cleanup:
+                p.unlink(missing_ok=True)
+
+    def _check_shard(self, p: Path, index: int) -> _DoneShard | None:
+        start, end = self.shard_range(index)
+        if start >= (self.total_rows if self.total_rows is not None else start + 1):
+            return None
+        try:
+            attrs = read_shard_attrs(p)
+            row_start, row_end = int(attrs.get("row_start", -1)), int(attrs.get("row_end", -1))
+            input_end = int(attrs.get("input_end", row_end))
+            ok = (
+                attrs.get("key") == self.key
+                and int(attrs.get("shard_index", -1)) == index
+                and row_start == start
+                and input_end == end
+                and start <= row_end <= input_end
             )
-            i += 1
-        # Anything after the complete prefix (a short last shard, a mismatched spec) is recomputed.
-        for p in self.dir.glob("shard-*.h5"):
-            if p.name not in {s.file for s in self.shards}:
-                p.unlink()
+            skipped = json.loads(attrs["skipped"]) if "skipped" in attrs else []
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not ok or len(skipped) != input_end - row_end:
+            return None
+        return _DoneShard(p.name, row_start, row_end, input_end, list(skipped), None, p.stat().st_size)
+
+    # -- writing --------------------------------------------------------------------------------
+    def _cast(self, descriptors: np.ndarray, names: list[str], first_row: int) -> np.ndarray:
+        """Rows in the storage dtype; non-finite values (also float16 overflow) are refused."""
+        if tuple(descriptors.shape[1:]) != tuple(self.shape):
+            raise ValueError(f"rows of shape {descriptors.shape[1:]} do not fit entry shape {self.shape}")
+        with np.errstate(over="ignore"):  # an overflow becomes inf, which the check below reports
+            data = np.ascontiguousarray(descriptors, dtype=np.dtype(self.dtype))
+        finite = np.isfinite(data.reshape(len(data), int(np.prod(self.shape)))).all(axis=1)
+        if not finite.all():
+            # Refused at write time, so every complete entry is finite and readers need not check.
+            bad = int(np.flatnonzero(~finite)[0])
+            raise UserError(
+                f"descriptor row {first_row + bad} ({names[bad] if names else '?'}) is NaN or infinite "
+                f"in {self.dtype}; check the backbone weights or the alignment run; nothing was marked complete"
+            )
+        return data
 
     def add(self, descriptors: np.ndarray, labels: np.ndarray, names: list[str]) -> None:
         """Append rows (in order, starting at ``rows_done``); full shards are written at once."""
-        if tuple(descriptors.shape[1:]) != tuple(self.shape):
-            raise ValueError(f"rows of shape {descriptors.shape[1:]} do not fit entry shape {self.shape}")
-        if not np.isfinite(descriptors).all():
-            # Refused at write time, so every complete entry is finite and readers need not check.
-            bad = int(np.flatnonzero(~np.isfinite(descriptors).reshape(len(descriptors), -1).all(axis=1))[0])
-            raise UserError(
-                f"descriptor row {self.next_row + bad} ({names[bad] if names else '?'}) is NaN or infinite; "
-                "check the backbone weights or the alignment run; nothing was marked complete"
-            )
-        self._buf.append((descriptors, np.asarray(labels, dtype=np.int64), list(names)))
-        self._buf_rows += descriptors.shape[0]
+        data = self._cast(descriptors, names, self.next_row)
+        self._buf.append((data, np.asarray(labels, dtype=np.int64), list(names)))
+        self._buf_rows += data.shape[0]
         while self._buf_rows >= self.shard_rows:
             self._flush(self.shard_rows)
 
@@ -201,40 +297,137 @@ class EntryWriter:
         desc = np.concatenate([b[0] for b in self._buf])
         labels = np.concatenate([b[1] for b in self._buf])
         names = [n for b in self._buf for n in b[2]]
-        index = len(self.shards)
-        start = self.rows_done
-        p = self.dir / shard_name(index)
-        write_shard(
-            p,
-            desc[:rows],
-            labels[:rows],
-            names[:rows],
-            key=self.key,
-            index=index,
-            row_start=start,
-            dtype=self.dtype,
-        )
-        self.shards.append(ShardInfo(p.name, start, start + rows, file_sha256(p), p.stat().st_size))
+        index = len(self._prefix())
+        self._write(index, desc[:rows], labels[:rows], names[:rows], self.rows_done + rows, [])
         rest = desc.shape[0] - rows
         self._buf = [(desc[rows:], labels[rows:], names[rows:])] if rest else []
         self._buf_rows = rest
 
+    def write_shard_rows(
+        self,
+        index: int,
+        descriptors: np.ndarray,
+        labels: np.ndarray,
+        names: list[str],
+        skipped: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        """Write shard ``index`` whole: the rows of its input range in order, minus ``skipped`` inputs.
+
+        A shard already complete on disk is left as it is (a resumed or concurrent run computed the
+        same rows).
+        """
+        if self.total_rows is None:
+            raise ValueError("write_shard_rows needs an EntryWriter created with total_rows")
+        if not 0 <= index < self.n_shards:
+            raise ValueError(f"shard index {index} outside 0..{self.n_shards - 1}")
+        start, end = self.shard_range(index)
+        if (
+            len(descriptors) + len(skipped) != end - start
+            or len(labels) != len(descriptors)
+            or len(names) != len(descriptors)
+        ):
+            raise ValueError(
+                f"shard {index} covers {end - start} rows; got {len(descriptors)} rows + {len(skipped)} skipped"
+            )
+        if index in self._done:
+            return
+        data = self._cast(descriptors, names, start)
+        self._write(index, data, np.asarray(labels, dtype=np.int64), list(names), end, list(skipped))
+
+    def _write(
+        self,
+        index: int,
+        data: np.ndarray,
+        labels: np.ndarray,
+        names: list[str],
+        input_end: int,
+        skipped: list[str],
+    ) -> None:
+        start = index * self.shard_rows
+        final = self.dir / shard_name(index)
+        if not skipped:
+            write_shard(
+                final, data, labels, names, key=self.key, index=index, row_start=start, dtype=self.dtype
+            )
+        else:
+            # The skip record must be part of the file before it takes its final name: write under a
+            # .part name, add the attrs, fsync, then rename (a crash leaves only a .part, removed on resume).
+            part = final.with_name(final.name + ".part")
+            write_shard(
+                part, data, labels, names, key=self.key, index=index, row_start=start, dtype=self.dtype
+            )
+            with h5py.File(part, "r+") as f:
+                f.attrs["input_end"] = input_end
+                f.attrs["skipped"] = json.dumps(skipped)
+            with open(part, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(part, final)
+        self._done[index] = _DoneShard(
+            final.name, start, start + len(data), input_end, skipped, file_sha256(final), final.stat().st_size
+        )
+
+    # -- completion -----------------------------------------------------------------------------
+    def _manifest_shards(self, indices: list[int]) -> list[ShardInfo]:
+        """ShardInfo in index order; row ranges count stored rows, so they are contiguous in the entry."""
+        out, row = [], 0
+        for i in indices:
+            s = self._done[i]
+            if s.sha256 is None:
+                s.sha256 = file_sha256(self.dir / s.file)
+            n = s.row_end - s.row_start
+            out.append(ShardInfo(s.file, row, row + n, s.sha256, s.bytes))
+            row += n
+        return out
+
     def finish(
-        self, *, alias: str | None = None, parents: list[str] | None = None, extra: dict | None = None
+        self,
+        *,
+        alias: str | None = None,
+        parents: list[str] | None = None,
+        extra: dict | None = None,
+        allow_empty: bool = True,
     ) -> Manifest:
-        """Flush the last rows, then write the manifest: from now on the entry is complete."""
+        """Flush the last rows, then write the manifest: from now on the entry is complete.
+
+        With ``total_rows``, every shard must be complete on disk (written by this or another process);
+        a missing one is an error naming it, and nothing is marked complete. ``allow_empty=False``
+        refuses an entry without rows (every input skipped) the same way.
+        """
         if self._buf_rows:
             self._flush(self._buf_rows)
+        if self.total_rows is not None:
+            self.refresh()
+            missing = [i for i in range(self.n_shards) if i not in self._done]
+            if missing:
+                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                raise UserError(
+                    f"cache entry {alias or self.key[:12]} lacks shard(s) {', '.join(map(str, missing[:3]))}{more}; "
+                    "rerun the extraction to compute them"
+                )
+            indices = list(range(self.n_shards))
+        else:
+            indices = self._prefix()
+        shards = self._manifest_shards(indices)
+        skipped = [n for i in indices for n in self._done[i].skipped]
+        if not allow_empty and not (shards and shards[-1].row_end):
+            first = f", e.g. {skipped[0]}" if skipped else ""
+            raise UserError(
+                f"cache entry {alias or self.key[:12]} would hold no rows: all {len(skipped)} inputs were "
+                f"skipped as unreadable{first}; check the dataset"
+            )
+        extra = dict(extra or {})
+        if skipped:
+            extra["skipped"] = skipped
         manifest = Manifest(
             key=self.key,
             spec=self.spec,
-            count=self.rows_done,
+            count=shards[-1].row_end if shards else 0,
             shape=list(self.shape),
             dtype=self.dtype,
-            shards=self.shards,
+            shards=shards,
             alias=alias,
             parents=list(parents or []),
-            extra=dict(extra or {}),
+            extra=extra,
         )
         write_manifest(self.dir, manifest)
         if alias:
@@ -350,11 +543,26 @@ class CacheStore:
         shape: tuple[int, ...],
         dtype: str = "float16",
         shard_rows: int = DEFAULT_SHARD_ROWS,
+        total_rows: int | None = None,
+        cleanup: bool = True,
     ) -> EntryWriter:
-        """A resumable writer; call under :meth:`lock`."""
+        """A resumable writer; call under :meth:`lock` (one process of a multi-process job holds it).
+
+        ``total_rows`` enables :meth:`EntryWriter.write_shard_rows` (shards in any order, by several
+        processes); ``cleanup=False`` for every process but the one that holds the lock.
+        """
         if dtype not in ("float16", "float32"):
             raise UserError(f"storage dtype {dtype!r} is not supported; use float16 or float32")
-        return EntryWriter(self, key, spec, tuple(int(s) for s in shape), dtype, int(shard_rows))
+        return EntryWriter(
+            self,
+            key,
+            spec,
+            tuple(int(s) for s in shape),
+            dtype,
+            int(shard_rows),
+            None if total_rows is None else int(total_rows),
+            cleanup,
+        )
 
     def put_arrays(
         self,

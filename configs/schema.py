@@ -100,7 +100,7 @@ class ExtractConfig:
     dtype: str = _choices("float16", "float32", default="float16")
     skip_bad: bool = False  # corrupt images are left out and listed in the manifest (extra.skipped)
     launcher: str = _choices("none", "torchrun", default="none")  # torchrun: spawn nproc ranks
-    nproc: int = 0  # ranks for launcher=torchrun; 0 = one per visible GPU (2 on a CPU-only machine)
+    nproc: int = 0  # ranks for launcher=torchrun; 0 = one per visible GPU (1 on a CPU-only machine)
 
     def __post_init__(self) -> None:
         # `int | str` would accept any word; only the one keyword is meant.
@@ -140,15 +140,71 @@ class AlignConfig:
     params: dict = field(default_factory=dict)  # method hyperparameters (Stream1Config / EMCVGLConfig fields)
 
 
+INDEXES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
+RERANKS = ("none", "k_reciprocal")
+
+
 @dataclass
 class RetrieveConfig:
+    """Retrieval: metrics are always exact; ``index`` only chooses what serves each query's top-K list."""
+
     query: str | None = None
     gallery: str | None = None
     protocol: str = _choices(*PROTOCOLS, default="u1652")
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    topk: int = 10
+    topk: int | None = None  # top-K list length; None = 10, or the gallery size if smaller; larger = error
     device: str = "auto"
-    index: str = _choices("flat", default="flat")
+    # flat: exact top-K from the metrics pass; ivf_flat | ivf_pq | hnsw: a FAISS index, cached per gallery
+    index: str = _choices(*INDEXES, default="flat")
+    nlist: int = 0  # IVF cells; 0 = auto: 4·sqrt(N), at most N/39
+    nprobe: int = 32  # IVF cells searched per query (search time: not part of the index cache key)
+    pq_m: int = 0  # IVF-PQ sub-quantizers; 0 = auto: the largest divisor of dim that is <= dim/4
+    pq_nbits: int = 8  # bits per sub-quantizer code
+    refine: int = 0  # IVF-PQ: re-score refine·K candidates exactly (vectors kept in the index); 0 = off
+    hnsw_m: int = 32  # HNSW graph degree (M)
+    ef_construction: int = 200  # HNSW efConstruction
+    ef_search: int = 128  # HNSW efSearch (search time)
+    train_size: int = 0  # IVF training rows drawn across shards; 0 = auto: min(N, 64·max(nlist, 2^pq_nbits))
+    rebuild_index: bool = False  # rebuild a cached index whose gallery entry changed (default: refuse)
+    rerank: str = _choices(*RERANKS, default="none")  # k_reciprocal: Zhong et al. CVPR'17
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    rerank_max_items: int = 12_000  # queries + gallery; re-ranking holds a few (q+g)^2 float32 matrices
+    report: bool = True  # recall@K curve (recall_curve.png) and report.html with thumbnails
+    report_queries: int = 40  # queries shown in report.html (half the worst, half at random)
+    thumb_size: int = 112  # thumbnail side in pixels
+
+    def __post_init__(self) -> None:
+        positive = {
+            "nprobe": self.nprobe,
+            "hnsw_m": self.hnsw_m,
+            "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search,
+            "k1": self.k1,
+            "k2": self.k2,
+            "rerank_max_items": self.rerank_max_items,
+            "thumb_size": self.thumb_size,
+        }
+        if self.topk is not None:
+            positive["topk"] = self.topk
+        non_negative = {
+            "nlist": self.nlist,
+            "pq_m": self.pq_m,
+            "refine": self.refine,
+            "train_size": self.train_size,
+            "report_queries": self.report_queries,
+        }
+        for name, v in positive.items():
+            if v < 1:
+                raise UserError(f"retrieve.{name} must be a positive integer, got {v}")
+        for name, v in non_negative.items():
+            if v < 0:
+                raise UserError(f"retrieve.{name} must be 0 (auto/off) or a positive integer, got {v}")
+        if not 1 <= self.pq_nbits <= 16:
+            raise UserError(f"retrieve.pq_nbits must be between 1 and 16, got {self.pq_nbits}")
+        if not 0.0 <= self.lambda_value <= 1.0:
+            raise UserError(f"retrieve.lambda_value must be between 0 and 1, got {self.lambda_value}")
 
 
 @dataclass

@@ -5,8 +5,23 @@ list's relative paths (plus sizes and mtimes), the extractor decodes it in order
 labels to find the true matches. Names are therefore POSIX paths relative to the dataset root, sorted
 deterministically, so the same folder gives the same list (and the same cache key) on every machine.
 
-Each layout is one small reader function registered in :data:`_READERS`; adding SUES-200, CVUSA or
-CVACT means writing one more reader, not touching the others.
+Each layout is one small reader function registered in :data:`_READERS`. The layouts, as the
+datasets ship (names are relative to ``dataset.root``):
+
+* ``u1652``: ``<split>/<view>/<id>/<image>``; label = the 4-digit building number. Images lying
+  directly in a view folder (no building folder), as the extended "160k" satellite gallery's
+  distractor tiles ship, are read with label -1.
+* ``sues200``: ``Testing/<altitude>/<view>/<id>/<image>`` (``Training/<altitude>/{drone,satellite}``
+  for ``split=train``), the layout of the SUES-200 release after its own split script
+  (``Reza-Zhu/SUES-200-Benchmark``: ``script/split_datasets.py``); the test galleries hold all 200
+  locations, the queries the 80 test ones. ``dataset.altitude`` picks 150, 200, 250 or 300.
+* ``cvusa``: ``splits/{train,val}-19zl.csv``, each line
+  ``bingmap/19/<x>.jpg,streetview/panos/<x>.jpg,annotations/<x>.png``; views ``ground`` (column 2)
+  and ``aerial`` (column 1) list the same pairs in CSV order, label = pair index.
+* ``cvact``: ``ACT_data.mat`` (``panoIds``, ``trainSet.trainInd``, ``valSet.valInd``, 1-based), ground
+  ``streetview/<id>_grdView.jpg``, aerial ``satview_polish/<id>_satView_polish.jpg``; label = the
+  pair's position in the split, so query i's true match is gallery i (the CVFT protocol).
+* ``folder``: ``<label>/<image>``.
 """
 
 from __future__ import annotations
@@ -150,9 +165,9 @@ def _no_images(where: Path, layout_hint: str) -> UserError:
 
 
 # --------------------------------------------------------------------------------------------------
-# Layout readers: (root, view, split) -> ImageList
+# Layout readers: (root, view, split, altitude) -> ImageList
 
-Reader = Callable[[Path, str, str], ImageList]
+Reader = Callable[[Path, str, str, "int | None"], ImageList]
 _READERS: dict[str, Reader] = {}
 _ROOT_HINTS: dict[str, str] = {}
 
@@ -166,9 +181,43 @@ def _register(name: str, root_hint: str) -> Callable[[Reader], Reader]:
     return deco
 
 
+def _read_id_folders(root: Path, view_dir: Path, layout: str) -> ImageList | None:
+    """``<view_dir>/<id>/<image>`` with integer ``<id>`` folders (labels), plus loose images (label -1).
+
+    Loose images come after every building folder: University-1652's extended satellite gallery
+    ships its distractor tiles as one flat folder without building ids, so they are unknown (-1).
+    Returns None when the folder holds no image at all.
+    """
+    buildings: list[tuple[int, str]] = []
+    for name in _subdirs(view_dir):
+        label = _int_label(name)
+        if label is None or label < -1:
+            raise UserError(
+                f"folder {view_dir / name} is not a building number; {layout} expects integer <id> "
+                "folders: rename or remove it"
+            )
+        buildings.append((label, name))
+    # (number, name): "0001" and "1" both mean building 1; the name keeps the order total.
+    buildings.sort()
+    prefix = view_dir.relative_to(root).as_posix()
+    names: list[str] = []
+    labels: list[int] = []
+    for label, bname in buildings:
+        files = _image_files(view_dir / bname)
+        names.extend(f"{prefix}/{bname}/{f}" for f in files)
+        labels.extend([label] * len(files))
+    loose = _image_files(view_dir)
+    names.extend(f"{prefix}/{f}" for f in loose)
+    labels.extend([-1] * len(loose))
+    if not names:
+        return None
+    return ImageList(root=root, names=tuple(names), labels=np.asarray(labels, np.int64), view=view_dir.name)
+
+
 @_register("u1652", "<folder containing test/ and train/>")
-def _read_u1652(root: Path, view: str, split: str) -> ImageList:
+def _read_u1652(root: Path, view: str, split: str, altitude: int | None = None) -> ImageList:
     """University-1652: ``<root>/<split>/<view>/<id>/<image>``, label = building number ``<id>``."""
+    del altitude
     layout = "<root>/<split>/<view>/<id>/<image> (University-1652)"
     split_dir = root / split
     view_dir = split_dir / view
@@ -189,39 +238,199 @@ def _read_u1652(root: Path, view: str, split: str) -> ImageList:
             f"view folder {view_dir} does not exist; views found under {split_dir}: "
             f"{_listing(split_dir)} (University-1652 {split} views: {known})"
         )
-
-    buildings: list[tuple[int, str]] = []
-    for name in _subdirs(view_dir):
-        label = _int_label(name)
-        if label is None or label < -1:
-            raise UserError(
-                f"folder {view_dir / name} is not a building number; University-1652 expects "
-                f"{layout} with integer <id> folders: rename or remove it"
-            )
-        buildings.append((label, name))
-    # (number, name): "0001" and "1" both mean building 1; the name keeps the order total.
-    buildings.sort()
-
-    names: list[str] = []
-    labels: list[int] = []
-    for label, bname in buildings:
-        for fname in _image_files(view_dir / bname):
-            names.append(f"{split}/{view}/{bname}/{fname}")
-            labels.append(label)
-    if not names:
+    found = _read_id_folders(root, view_dir, layout)
+    if found is None:
         raise _no_images(view_dir, layout)
-    return ImageList(root=root, names=tuple(names), labels=np.asarray(labels, np.int64), view=view)
+    return found
+
+
+# SUES-200's split folders (its split script writes Training/ and Testing/) and altitudes.
+_SUES_SPLITS = {"test": "Testing", "train": "Training"}
+SUES200_ALTITUDES: tuple[int, ...] = (150, 200, 250, 300)
+
+
+@_register("sues200", "<folder containing Testing/ and Training/>")
+def _read_sues200(root: Path, view: str, split: str, altitude: int | None = None) -> ImageList:
+    """SUES-200: ``<root>/<Testing|Training>/<altitude>/<view>/<id>/<image>``, label = location ``<id>``."""
+    layout = "<root>/Testing/<altitude>/<view>/<id>/<image> (SUES-200)"
+    folder = _SUES_SPLITS.get(split.lower(), split)
+    split_dir = root / folder
+    if not split_dir.is_dir():
+        if root.name in ("Testing", "Training"):
+            raise UserError(
+                f"dataset.root {root} is a split folder; set dataset.root to the folder that contains "
+                f"{folder}/, i.e. dataset.root={root.parent}"
+            )
+        raise UserError(
+            f"no {folder}/ under {root} (found: {_listing(root)}); expected {layout}: run SUES-200's "
+            "split script on the raw release, or point dataset.root at its output"
+        )
+    heights = sorted(n for n in _subdirs(split_dir) if _INT_NAME.fullmatch(n))
+    if altitude is None:
+        raise UserError(
+            f"dataset.altitude is not set for layout sues200; set dataset.altitude to one of "
+            f"{', '.join(heights) or ', '.join(map(str, SUES200_ALTITUDES))}"
+        )
+    alt_dir = split_dir / str(int(altitude))
+    if not alt_dir.is_dir():
+        raise UserError(
+            f"altitude folder {alt_dir} does not exist; set dataset.altitude to one of "
+            f"{', '.join(heights) or '(none found)'}"
+        )
+    view_dir = alt_dir / view
+    if not view_dir.is_dir():
+        raise UserError(
+            f"view folder {view_dir} does not exist; views found under {alt_dir}: {_listing(alt_dir)}"
+        )
+    found = _read_id_folders(root, view_dir, layout)
+    if found is None:
+        raise _no_images(view_dir, layout)
+    return found
+
+
+# Pair layouts: one list of (ground, aerial) pairs per split; view -> column of the pair.
+PAIR_VIEWS: tuple[str, str] = ("ground", "aerial")
+_CVUSA_SPLITS = {
+    "train": "splits/train-19zl.csv",
+    "val": "splits/val-19zl.csv",
+    "test": "splits/val-19zl.csv",
+}
+
+
+def _check_pair_view(layout: str, view: str) -> None:
+    if view not in PAIR_VIEWS:
+        raise UserError(
+            f"view {view!r} does not exist in layout {layout}; its views are ground and aerial "
+            "(set dataset.mode=G2A or A2G, or dataset.views=[ground, aerial])"
+        )
+
+
+def _pair_list(root: Path, view: str, names: list[str], where: str) -> ImageList:
+    """An ImageList of pair members in split order, label = pair index; every file must exist."""
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} of {len(names)} {view} images listed in {where} are missing, e.g. "
+            f"{root / missing[0]}; restore them or point dataset.root at the complete copy"
+        )
+    if not names:
+        raise UserError(f"{where} lists no image pairs; restore the file from the dataset release")
+    return ImageList(root=root, names=tuple(names), labels=np.arange(len(names), dtype=np.int64), view=view)
+
+
+def _posix_rel(name: str) -> str:
+    """A CSV path as a clean POSIX path relative to the root (Windows separators, ./ prefix)."""
+    name = name.strip().replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+@_register("cvusa", "<folder containing splits/, bingmap/ and streetview/>")
+def _read_cvusa(root: Path, view: str, split: str, altitude: int | None = None) -> ImageList:
+    """CVUSA: the pairs of ``splits/<split>-19zl.csv``; ``aerial`` = column 1, ``ground`` = column 2.
+
+    ``split``: ``train`` or ``val``; ``test`` means ``val`` (the set CVUSA results are reported on).
+    """
+    del altitude
+    _check_pair_view("cvusa", view)
+    rel = _CVUSA_SPLITS.get(split.lower())
+    if rel is None:
+        raise UserError(f"dataset.split={split!r} does not exist for cvusa; use train or val")
+    csv = root / rel
+    if not csv.is_file():
+        raise UserError(
+            f"CVUSA split file {csv} does not exist; set dataset.root to the folder that contains "
+            f"splits/ (found: {_listing(root)})"
+        )
+    column = 1 if view == "ground" else 0
+    names: list[str] = []
+    for lineno, line in enumerate(csv.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(",")
+        if len(parts) < 2:
+            raise UserError(
+                f"{csv} line {lineno} is not 'bingmap/19/<x>.jpg,streetview/panos/<x>.jpg,…'; restore the file"
+            )
+        names.append(_posix_rel(parts[column]))
+    return _pair_list(root, view, names, str(csv))
+
+
+def _mat_strings(value: np.ndarray) -> list[str]:
+    """Strings of a MATLAB char matrix (rows, space-padded) or cell array, as scipy.io.loadmat gives them."""
+    arr = np.asarray(value)
+    if arr.dtype.kind == "U":
+        return [str(s).strip() for s in arr.reshape(-1)]
+    out = []
+    for cell in arr.reshape(-1):
+        c = np.asarray(cell)
+        out.append(str(c.reshape(-1)[0]).strip() if c.size else "")
+    return out
+
+
+def _mat_indices(mat: dict, struct: str, field_name: str, n: int, path: Path) -> np.ndarray:
+    """0-based indices from a MATLAB struct field of 1-based indices (``trainSet.trainInd``)."""
+    try:
+        node = mat[struct]
+        value = node[field_name] if isinstance(node, dict) else node[field_name].reshape(-1)[0]
+        idx = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (KeyError, ValueError, IndexError, TypeError):
+        raise UserError(
+            f"{path} has no {struct}.{field_name}; it is not CVACT's ACT_data.mat (restore the file)"
+        ) from None
+    if idx.size and (not np.all(idx == np.round(idx)) or idx.min() < 1 or idx.max() > n):
+        raise UserError(f"{path}: {struct}.{field_name} holds indices outside 1..{n}; restore the file")
+    return idx.astype(np.int64) - 1
+
+
+@_register("cvact", "<folder containing ACT_data.mat, streetview/ and satview_polish/>")
+def _read_cvact(root: Path, view: str, split: str, altitude: int | None = None) -> ImageList:
+    """CVACT: ``ACT_data.mat`` pairs of one split (``train``; ``val`` = CVACT_val, also ``test``).
+
+    ``ACT_data.mat`` is looked for in ``root`` and its parent (releases put it beside
+    ``ANU_data_small/``); images under ``root`` or ``root/ANU_data_small``.
+    """
+    del altitude
+    _check_pair_view("cvact", view)
+    fields = {"train": ("trainSet", "trainInd"), "val": ("valSet", "valInd"), "test": ("valSet", "valInd")}
+    if split.lower() not in fields:
+        raise UserError(f"dataset.split={split!r} does not exist for cvact; use train or val")
+    mat_path = next((p for p in (root / "ACT_data.mat", root.parent / "ACT_data.mat") if p.is_file()), None)
+    if mat_path is None:
+        raise UserError(
+            f"ACT_data.mat not found in {root} or its parent; set dataset.root to the CVACT folder "
+            "that holds it (with streetview/ and satview_polish/)"
+        )
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(mat_path))
+    except Exception as exc:  # scipy raises ValueError, MatReadError, OSError… for damaged files
+        raise UserError(f"cannot read {mat_path} ({type(exc).__name__}); restore the file") from None
+    if "panoIds" not in mat:
+        raise UserError(f"{mat_path} has no panoIds; it is not CVACT's ACT_data.mat (restore the file)")
+    pano = _mat_strings(mat["panoIds"])
+    idx = _mat_indices(mat, *fields[split.lower()], len(pano), mat_path)
+    base = (
+        "" if (root / "streetview").is_dir() or not (root / "ANU_data_small").is_dir() else "ANU_data_small/"
+    )
+    if view == "ground":
+        names = [f"{base}streetview/{pano[i]}_grdView.jpg" for i in idx]
+    else:
+        names = [f"{base}satview_polish/{pano[i]}_satView_polish.jpg" for i in idx]
+    return _pair_list(root, view, names, f"{mat_path} ({split})")
 
 
 @_register("folder", "<folder with one sub-folder of images per label>")
-def _read_folder(root: Path, view: str, split: str) -> ImageList:
+def _read_folder(root: Path, view: str, split: str, altitude: int | None = None) -> ImageList:
     """Generic ``<root>/<label>/<image>``.
 
     Label folders that are all integers give those integers as labels; otherwise each label is the
     index of its folder name in the sorted list of folder names, recorded in ``label_names``. ``split``
     does not apply to this layout and is ignored.
     """
-    del split
+    del split, altitude
     layout = "<root>/<label>/<image> (folder)"
     folders = _subdirs(root)
     ints = [_int_label(n) for n in folders]
@@ -255,24 +464,38 @@ def _read_folder(root: Path, view: str, split: str) -> ImageList:
     )
 
 
-LAYOUTS: tuple[str, ...] = tuple(_READERS)
+# The original two first: messages list layouts in this order.
+LAYOUTS: tuple[str, ...] = ("u1652", "folder", "sues200", "cvusa", "cvact")
+assert set(LAYOUTS) == set(_READERS)
+PAIR_LAYOUTS: tuple[str, ...] = ("cvusa", "cvact")
 
 
-def list_images(layout: str, root: str | os.PathLike[str], view: str, *, split: str = "test") -> ImageList:
+def list_images(
+    layout: str,
+    root: str | os.PathLike[str],
+    view: str,
+    *,
+    split: str = "test",
+    altitude: int | None = None,
+) -> ImageList:
     """List the images of one view of a dataset.
 
     Args:
-        layout: one of :data:`LAYOUTS` (``u1652``: University-1652; ``folder``: ``<root>/<label>/<img>``).
+        layout: one of :data:`LAYOUTS` (see the module docstring for each on-disk layout).
         root: the dataset root (for ``u1652`` the folder holding ``train/`` and ``test/``).
-        view: the view folder (``query_drone``, ``gallery_satellite``, ...); for ``folder`` a tag only.
-        split: ``test`` or ``train`` (``u1652`` only).
+        view: the view folder (``query_drone``, ``gallery_satellite``, ...); ``ground`` or ``aerial``
+            for the pair layouts; for ``folder`` a tag only.
+        split: ``test`` or ``train`` (``u1652``, ``sues200``); ``train`` or ``val`` (``cvusa``,
+            ``cvact``; ``test`` means ``val``).
+        altitude: SUES-200 flight height (150, 200, 250, 300); required there, ignored elsewhere.
 
     Returns:
-        An :class:`ImageList` sorted by (label folder, file name).
+        An :class:`ImageList`: sorted by (label folder, file name) for folder layouts, in split order
+        for the pair layouts.
 
     Raises:
-        UserError: unknown layout, missing root or view folder, a non-integer building folder, or no
-            images at all.
+        UserError: unknown layout, missing root, view, split file or images, a non-integer building
+            folder, or no images at all.
     """
     reader = _READERS.get(layout)
     if reader is None:
@@ -280,7 +503,7 @@ def list_images(layout: str, root: str | os.PathLike[str], view: str, *, split: 
     _check_simple_name("view", view)
     _check_simple_name("split", split)
     root_path = _resolve_root(root, _ROOT_HINTS[layout])
-    return reader(root_path, view, split)
+    return reader(root_path, view, split, altitude)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,16 +535,39 @@ _ALIASES: dict[str, str] = {
 }
 
 
-def view_pair(mode: str) -> tuple[str, str]:
+# Directions of the pair layouts (CVUSA, CVACT): G = ground panorama, A = aerial tile. The street/
+# satellite spellings of the University-1652 directions mean the same two roles there.
+_PAIR_DIRECTIONS: dict[str, tuple[str, str]] = {"G2A": ("ground", "aerial"), "A2G": ("aerial", "ground")}
+_PAIR_ALIASES: dict[str, str] = {
+    "G2S": "G2A",
+    "S2G": "A2G",
+    "ground2aerial": "G2A",
+    "aerial2ground": "A2G",
+    **{a: ("G2A" if d == "G2S" else "A2G") for a, d in _ALIASES.items() if d in ("G2S", "S2G")},
+}
+
+
+def view_pair(mode: str, layout: str = "u1652") -> tuple[str, str]:
     """(query view, gallery view) of a retrieval direction, e.g. ``D2S`` -> drone query, satellite gallery.
 
     Accepts ``D2S S2D G2S S2G D2G G2D`` (any case) and spelled-out aliases such as ``drone2sat`` or
-    ``street2sat``.
+    ``street2sat``. For the pair layouts (``cvusa``, ``cvact``) the directions are ``G2A`` (ground
+    query, aerial gallery) and ``A2G``; ``G2S``/``S2G`` and their aliases are accepted as the same.
     """
-    key = mode.strip()
+    key = mode.strip().lower()
+    if layout in PAIR_LAYOUTS:
+        canon = {k.lower(): k for k in _PAIR_DIRECTIONS}
+        canon.update({k.lower(): v for k, v in _PAIR_ALIASES.items()})
+        found = canon.get(key)
+        if found is None:
+            raise UserError(
+                f"dataset.mode={mode!r} does not apply to layout {layout} (ground/aerial pairs); "
+                "set dataset.mode=G2A (ground query, aerial gallery) or A2G"
+            )
+        return _PAIR_DIRECTIONS[found]
     canon = {k.lower(): k for k in _DIRECTIONS}
     canon.update({k.lower(): v for k, v in _ALIASES.items()})
-    found = canon.get(key.lower())
+    found = canon.get(key)
     if found is None:
         raise UserError(
             f"unknown retrieval direction {mode!r}; choose one of {', '.join(_DIRECTIONS)} "

@@ -43,6 +43,13 @@ _HIGH_DEPTH_RANGE: dict[str, float] = {
 
 Size = tuple[int, int]
 
+#: Resampling filters by name: ``bicubic`` is torchvision's Resize on PIL images; ``box`` is area
+#: averaging, what OpenCV's INTER_AREA (CVFT's loaders) computes when shrinking.
+RESAMPLE: dict[str, Image.Resampling] = {"bicubic": Image.Resampling.BICUBIC, "box": Image.Resampling.BOX}
+#: ``meanstd``: RGB in [0, 1], then (x - mean) / std (torchvision-format weights, DINOv3).
+#: ``caffe_bgr``: BGR in 0..255 minus CVFT's BGR means (the Caffe-converted VGG16 CVFT started from).
+NORMALIZATIONS: tuple[str, ...] = ("meanstd", "caffe_bgr")
+
 
 def parse_resize(resize: int | Sequence[int] | None) -> Size | None:
     """Normalize a resize setting to ``(height, width)``; None keeps each image's native size."""
@@ -125,7 +132,8 @@ def load_rgb(path: str, display_name: str) -> Image.Image:
     except Exception as exc:  # Pillow signals bad data with OSError, SyntaxError, ValueError, struct.error...
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
-            f"cannot decode image {display_name} ({reason}); fix or remove the file, or pass --skip-bad"
+            f"cannot decode image {display_name} ({reason}); fix or remove the file, "
+            "or pass --skip-bad (extract.skip_bad=true)"
         ) from None
     return rgb
 
@@ -161,6 +169,9 @@ class ImageDataset(Dataset):
         mean, std: per-channel normalization after scaling to [0, 1]; None for both skips it.
         skip_bad: when True a corrupt image gives ``(i, None)`` instead of raising; :func:`collate`
             drops such items, so the missing indices tell the caller which images were skipped.
+        resample: ``bicubic`` (default) or ``box`` (area averaging, CVFT's recipe).
+        normalization: ``meanstd`` (uses ``mean``/``std``) or ``caffe_bgr`` (CVFT's Caffe convention,
+            :func:`extract.vgg16.preprocess`; ``mean``/``std`` are ignored).
     """
 
     def __init__(
@@ -171,14 +182,24 @@ class ImageDataset(Dataset):
         mean: Sequence[float] | None = IMAGENET_MEAN,
         std: Sequence[float] | None = IMAGENET_STD,
         skip_bad: bool = False,
+        resample: str = "bicubic",
+        normalization: str = "meanstd",
     ) -> None:
         if (mean is None) != (std is None):
             raise UserError("set both preprocess.mean and preprocess.std, or neither")
+        if resample not in RESAMPLE:
+            raise UserError(f"unknown resampling {resample!r}; use one of {', '.join(RESAMPLE)}")
+        if normalization not in NORMALIZATIONS:
+            raise UserError(
+                f"unknown preprocess.normalization {normalization!r}; use one of {', '.join(NORMALIZATIONS)}"
+            )
         self.images = images
         self.size = parse_resize(resize)
         self.mean = _parse_stat("mean", mean)
         self.std = _parse_stat("std", std)
         self.skip_bad = skip_bad
+        self.resample = resample
+        self.normalization = normalization
 
     def __len__(self) -> int:
         return len(self.images)
@@ -189,7 +210,11 @@ class ImageDataset(Dataset):
         if self.size is not None:
             h, w = self.size
             if rgb.size != (w, h):
-                rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
+                rgb = rgb.resize((w, h), RESAMPLE[self.resample])
+        if self.normalization == "caffe_bgr":
+            from extract.vgg16 import preprocess
+
+            return preprocess(np.asarray(rgb), "cvft")[0]
         return to_tensor(rgb, self.mean, self.std)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
@@ -241,27 +266,43 @@ def _one_line(exc: UserError) -> str:
 
 
 def iter_batches(
-    dataset: ImageDataset,
+    dataset: Dataset,
     *,
     batch_size: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    batches: Sequence[Sequence[int]] | None = None,
+    prefetch_factor: int = 2,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield collated batches in list order, with UserErrors from workers kept to one line.
 
     Order is deterministic (no shuffling) whatever ``num_workers`` is, so extraction results do not
-    depend on the worker count.
+    depend on the worker count. ``batches`` gives the exact index lists to load (the extractor's
+    shard-aligned batches; ``batch_size`` is then ignored). Workers decode ``prefetch_factor`` batches
+    each ahead of the consumer, so decoding overlaps the forward pass and memory stays bounded.
     """
-    if batch_size <= 0:
+    if batches is None and batch_size <= 0:
         raise UserError(f"batch size {batch_size} must be positive; e.g. extract.batch_size=32")
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-    )
+    extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 else {}
+    if batches is not None:
+        loader = DataLoader(
+            dataset,
+            batch_sampler=[list(b) for b in batches],
+            num_workers=num_workers,
+            collate_fn=collate,
+            pin_memory=pin_memory,
+            **extra,
+        )
+    else:
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate,
+            pin_memory=pin_memory,
+            **extra,
+        )
     try:
         yield from loader
     except UserError as exc:

@@ -31,7 +31,8 @@ How it is computed (no per-query sort, and the gallery never needs to be in memo
 queries are processed in blocks whose score matrix is about 256 MB; each block's scores against a
 gallery chunk come from one matmul (torch, on CPU or CUDA); for every positive we *count* the gallery
 items with a greater score rather than sorting the row, and a running top-K keeps the best items.
-``evaluate_streaming`` takes the gallery as chunks (e.g. cache shards). With a single chunk everything
+``evaluate_streaming`` takes the gallery as chunks (e.g. cache shards); ``evaluate_scores`` takes a
+precomputed score matrix instead (e.g. minus k-reciprocal re-ranked distances) and ranks it the same way. With a single chunk everything
 happens in one pass and every score, positive or not, comes from the same matmul. With several chunks a
 first pass computes the positives' scores (one dot product per query/positive pair, cheap) and a second
 pass streams the chunks again, counting and ranking; there the positives' scores come from a different
@@ -173,6 +174,41 @@ def evaluate_streaming(
                     f"gallery_chunks() gave {len(ev.chunk_labels)} chunks on the first pass but {n_seen} on "
                     "the second; it must return a fresh iterator over the same chunks each time it is called"
                 )
+        results = ev.results()
+    return summarize(results, protocol, ev.n_gallery, ks), results
+
+
+def evaluate_scores(
+    scores: np.ndarray,
+    query_labels: np.ndarray | None,
+    gallery_labels: np.ndarray | None,
+    protocol: str,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    topk: int = 10,
+    device: str | torch.device = "cpu",
+    block_size: int | None = None,
+) -> tuple[dict[str, Any], QueryResults]:
+    """Evaluate a precomputed score matrix ``[n_q, n_g]`` (higher = better; e.g. minus a re-ranked distance).
+
+    The same counting, tie rules and top-K as :func:`evaluate`, with the score blocks sliced from
+    ``scores`` instead of computed by a matmul; for small galleries (the matrix is held in memory).
+    """
+    protocol = _check_protocol(protocol)
+    ks = _check_ks(ks)
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+        raise UserError(f"topk must be a positive integer, got {topk!r}; set topk to e.g. 10")
+    s = _as_descriptors(scores, "score matrix")
+    n_q, n_g = s.shape
+    ql = _as_labels(query_labels, n_q, "query", protocol)
+    dev = _resolve_device(device)
+    # Stand-in descriptors of dimension 0: everything but the scores is the ordinary evaluation.
+    ev = _ScoreEvaluation(s, np.zeros((n_q, 0), np.float32), ql, protocol, int(topk), dev, block_size)
+    with torch.inference_mode():
+        chunk = ev.read_chunk((np.zeros((n_g, 0), np.float32), gallery_labels), 0, 0)
+        ev.finish_scan()
+        ev.plan(chunk.n_kept, from_scores=True)
+        ev.process(chunk, thresholds_from_scores=True)
         results = ev.results()
     return summarize(results, protocol, ev.n_gallery, ks), results
 
@@ -530,12 +566,8 @@ class _Evaluation:
         order = np.argsort(pq, kind="stable")
         pq, cols = pq[order], cols[order]
         bounds = np.searchsorted(pq, [blk.start for blk in self.blocks] + [self.n_q])
-        assert self._q_dev is not None
         for bi, blk in enumerate(self.blocks):
-            qb = self._q_dev[blk.start : blk.stop]
-            s = torch.mm(
-                qb, g.T, out=self.work.get("scores", (qb.shape[0], g.shape[0]), torch.float32, self.dev)
-            )
+            s = self.score_block(blk, g, chunk)
             self._merge_topk(blk, s, rows)
             prow_np = pq[bounds[bi] : bounds[bi + 1]] - blk.start
             prow = torch.from_numpy(prow_np).to(self.dev)
@@ -551,6 +583,14 @@ class _Evaluation:
                 end = _count_below(blk.keys, blk.thresholds.shape[1], prow, pval)
                 _add_ranges(blk.pos_greater, prow, torch.zeros_like(end), end)
             del s
+
+    def score_block(self, blk: _Block, g: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
+        """Scores of the block's queries against the chunk's kept items: one matmul."""
+        assert self._q_dev is not None
+        qb = self._q_dev[blk.start : blk.stop]
+        return torch.mm(
+            qb, g.T, out=self.work.get("scores", (qb.shape[0], g.shape[0]), torch.float32, self.dev)
+        )
 
     def _merge_topk(self, blk: _Block, s: torch.Tensor, rows: torch.Tensor) -> None:
         v, i = torch.topk(s, min(self.k, s.shape[1]), dim=1)
@@ -591,6 +631,19 @@ class _Evaluation:
             topk_scores=top_v[inv],
             n_positives=self.n_pos.copy(),
         )
+
+
+class _ScoreEvaluation(_Evaluation):
+    """An evaluation whose score blocks are slices of a given score matrix (rows in the caller's order)."""
+
+    def __init__(self, scores: np.ndarray, *args: Any) -> None:
+        super().__init__(*args)
+        self._scores = torch.from_numpy(scores)
+
+    def score_block(self, blk: _Block, g: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
+        q_rows = torch.from_numpy(self.perm[blk.start : blk.stop])
+        cols = torch.from_numpy(chunk.rows)
+        return self._scores[q_rows][:, cols].to(self.dev).contiguous()
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,19 +1,37 @@
-"""The retrieval stage: cached query and gallery entries → exact metrics and a per-query report."""
+"""The retrieval stage: cached query and gallery entries → exact metrics, top-K lists and reports.
+
+Metrics (R@K, R@1%, AP) always come from ``retrieve.metrics``: exact ranks of every positive over the
+whole gallery, streamed shard by shard. ``retrieve.index`` only chooses what serves each query's top-K
+list: ``flat`` takes it from that exact pass; ``ivf_flat`` / ``ivf_pq`` / ``hnsw`` search a cached FAISS
+index, and metrics.json then states the index's recall@K against the exact lists. ``retrieve.rerank=
+k_reciprocal`` re-ranks query + gallery (small galleries) and reports metrics with and without it.
+
+Writes into the output folder: ``metrics.json``, ``per_query.csv``, and with ``retrieve.report``
+``recall_curve.png``, ``report.html`` and ``thumbs/``.
+"""
 
 from __future__ import annotations
 
 import csv
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from cache.manifest import Manifest, read_manifest
 from cache.store import CacheStore, Entry
 from configs.errors import UserError
 from configs.naming import default_retrieval_pair
 from configs.run import RunFolder, write_json_atomic
 from configs.schema import Config
+from retrieve.metrics import QueryResults
+
+DEFAULT_TOPK = 10
+METRICS_SOURCE = "exact: retrieve.metrics, ranks of every positive over the whole gallery"
 
 
 def _device(name: str) -> str:
@@ -28,6 +46,36 @@ def _view(entry: Entry) -> str:
     return str(entry.manifest.extra.get("view") or entry.label)
 
 
+def resolve_topk(topk: int | None, n_rankable: int, gallery: str) -> int:
+    """``retrieve.topk``: None = 10 (or the gallery size if smaller); more than the gallery holds = error."""
+    if topk is None:
+        return min(DEFAULT_TOPK, n_rankable)
+    if topk > n_rankable:
+        raise UserError(
+            f"retrieve.topk={topk} exceeds the {n_rankable} rankable items of gallery {gallery}; "
+            f"lower retrieve.topk to at most {n_rankable}"
+        )
+    return int(topk)
+
+
+def image_root(store: CacheStore, manifest: Manifest, depth: int = 0) -> Path | None:
+    """The dataset root an entry's names are relative to: its ``extra.root``, else its parents' (aligned
+    entries); None when there is none or it is gone (imported arrays, a moved dataset)."""
+    root = manifest.extra.get("root")
+    if root:
+        p = Path(root)
+        return p if p.is_dir() else None
+    if depth < 4:
+        for parent in manifest.parents:
+            try:
+                pm = read_manifest(store.entry_dir(parent))
+            except (OSError, ValueError, KeyError, TypeError):
+                pm = None
+            if pm is not None and (found := image_root(store, pm, depth + 1)) is not None:
+                return found
+    return None
+
+
 def run_retrieval(
     cfg: Config,
     store: CacheStore,
@@ -36,18 +84,20 @@ def run_retrieval(
     query: str | None = None,
     gallery: str | None = None,
     out_dir: Path | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-    """Evaluate ``query`` against ``gallery`` (aliases or keys) under ``cfg.retrieve.protocol``.
+    """Evaluate ``query`` against ``gallery`` (aliases or keys) under ``cfg.retrieve``.
 
-    Writes ``metrics.json`` and ``per_query.csv`` into ``out_dir`` (default: the run folder) and
+    Writes metrics.json, per_query.csv and the reports into ``out_dir`` (default: the run folder) and
     returns the metrics.
     """
     out_dir = out_dir or run.path
     out_dir.mkdir(parents=True, exist_ok=True)
     from retrieve.metrics import evaluate_streaming
 
+    rc = cfg.retrieve
     if query is None or gallery is None:
-        dq, dg = (cfg.retrieve.query, cfg.retrieve.gallery)
+        dq, dg = (rc.query, rc.gallery)
         if dq is None or dg is None:
             fq, fg = default_retrieval_pair(cfg)
             dq, dg = dq or fq, dg or fg
@@ -55,12 +105,28 @@ def run_retrieval(
     qe, ge = store.open(query), store.open(gallery)
     run.record_keys({f"query:{query}": qe.key, f"gallery:{gallery}": ge.key})
     if ge.count == 0:
-        raise UserError(f"gallery {gallery} is empty; extract a gallery with images first")
+        raise UserError(f"gallery {gallery} is empty (0 descriptors); extract a gallery with images first")
+    if qe.count == 0:
+        raise UserError(f"query set {query} is empty (0 descriptors); extract queries with images first")
     if qe.shape != ge.shape:
         raise UserError(
-            f"query {query} has descriptors of shape {list(qe.shape)} but gallery {gallery} has {list(ge.shape)}; "
-            "compare entries from the same backbone, layer and alignment"
+            f"query {query} has descriptors of shape {list(qe.shape)} (dimension {qe.dim}) but gallery "
+            f"{gallery} has {list(ge.shape)} (dimension {ge.dim}); compare entries from the same backbone, "
+            "layer and alignment"
         )
+    protocol = rc.protocol
+    ks = tuple(rc.ks)
+    g_labels = ge.labels()
+    n_rankable = ge.count if protocol == "cvft" else int((g_labels != -1).sum())
+    if n_rankable == 0:
+        raise UserError(f"gallery {gallery} has only junk items (label -1); nothing can be retrieved")
+    topk = resolve_topk(rc.topk, n_rankable, gallery)
+    if rc.rerank == "k_reciprocal":
+        from retrieve.rerank import check_rerank_size
+
+        check_rerank_size(qe.count, ge.count, rc.rerank_max_items)  # before the expensive pass
+    device = _device(rc.device)
+
     q_desc, q_labels, q_names = qe.read()
     q_desc = q_desc.reshape(q_desc.shape[0], -1)
 
@@ -68,33 +134,200 @@ def run_retrieval(
         for d, lab, _ in ge.iter_chunks():
             yield d.reshape(d.shape[0], -1), lab
 
-    protocol = cfg.retrieve.protocol
-    ks = tuple(cfg.retrieve.ks)
-    g_labels = ge.labels()
-    n_rankable = ge.count if protocol == "cvft" else int((g_labels != -1).sum())
-    if n_rankable == 0:
-        raise UserError(f"gallery {gallery} has only junk items (label -1); nothing can be retrieved")
-    topk = min(cfg.retrieve.topk, n_rankable)
-    summary, results = evaluate_streaming(
-        q_desc, q_labels, chunks, protocol, ks=ks, topk=topk, device=_device(cfg.retrieve.device)
-    )
-    metrics = {
+    summary, results = evaluate_streaming(q_desc, q_labels, chunks, protocol, ks=ks, topk=topk, device=device)
+    metrics: dict[str, Any] = {
         "protocol": protocol,
         "direction": f"{_view(qe)}->{_view(ge)}",
         "query": query,
         "gallery": gallery,
         **summary,
+        "metrics_source": METRICS_SOURCE,
+        "topk_source": "exact (the metrics pass)",
     }
+    lists = (results.topk, results.topk_scores)
+    if rc.index != "flat":
+        ann, lists = _ann_lists(cfg, store, run, ge, g_labels, q_desc, results, topk, device, progress)
+        metrics["topk_source"] = f"{rc.index} index (approximate; recall against exact in 'ann')"
+        metrics["ann"] = ann
+    final = results
+    curves = [("exact", results.first_rank)]
+    if rc.rerank == "k_reciprocal":
+        final, rr = _rerank(cfg, ge, q_desc, q_labels, g_labels, topk, device)
+        metrics["without_rerank"] = {k: v for k, v in summary.items() if k.startswith("R@") or k == "AP"}
+        metrics.update({k: v for k, v in rr.items() if k.startswith("R@") or k == "AP"})
+        metrics["rerank"] = {
+            "method": "k_reciprocal",
+            "k1": rc.k1,
+            "k2": rc.k2,
+            "lambda_value": rc.lambda_value,
+        }
+        metrics["topk_source"] = "k-reciprocal re-ranked distances (exact)"
+        lists = (final.topk, final.topk_scores)
+        curves = [("re-ranked", final.first_rank), ("without re-ranking", results.first_rank)]
+
     g_names = ge.names()
-    _write_per_query(out_dir / "per_query.csv", q_names, q_labels, results, g_names)
+    _write_per_query(out_dir / "per_query.csv", q_names, q_labels, final, lists[0], g_names)
+    if rc.report:
+        metrics["report"] = _write_reports(
+            cfg,
+            store,
+            out_dir,
+            metrics,
+            qe,
+            ge,
+            q_names,
+            q_labels,
+            g_labels,
+            g_names,
+            final,
+            lists,
+            curves,
+            n_rankable,
+        )
     write_json_atomic(out_dir / "metrics.json", metrics)
     if out_dir == run.path:
         run.record(metrics=metrics)
     return metrics
 
 
+def _ann_lists(
+    cfg: Config,
+    store: CacheStore,
+    run: RunFolder,
+    ge: Entry,
+    g_labels: np.ndarray,
+    q_desc: np.ndarray,
+    exact: QueryResults,
+    topk: int,
+    device: str,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """Top-K lists from the cached ANN index, and its recall against the exact lists."""
+    from retrieve.indexes import IndexParams, open_or_build, recall_vs_exact, search, to_gpu
+
+    rc = cfg.retrieve
+    served = open_or_build(
+        store, ge, IndexParams.from_config(rc, seed=cfg.seed), rebuild=rc.rebuild_index, progress=progress
+    )
+    info = dict(served.info or {})
+    run.record_keys({f"index:{rc.index}:{ge.label}": info["index_key"]})
+    if device.startswith("cuda"):
+        served = to_gpu(served)
+    junk = np.flatnonzero(g_labels == -1) if cfg.retrieve.protocol != "cvft" else None
+    t0 = time.perf_counter()
+    scores, ids = search(served, q_desc, topk, exclude=junk)
+    t_search = time.perf_counter() - t0
+    k_recall, nn_recall = recall_vs_exact(ids, exact.topk)
+    p = served.params
+    ann = {
+        "index": p.kind,
+        "build_params": p.build_spec(),
+        "search_params": p.search_spec(),
+        f"recall@{topk}_vs_exact": round(k_recall, 6),
+        f"nn_recall@{topk}_vs_exact": round(nn_recall, 6),
+        "sample": int(ids.shape[0]),
+        "recall_note": (
+            f"recall@{topk}: share of the exact top-{topk} found by the index; nn_recall: share of queries "
+            "whose exact nearest neighbour is in the index's list; over every query (the exact lists come "
+            "free with the exact metrics)"
+        ),
+        "on_gpu": served.on_gpu,
+        "index_cache": info.get("index_cache"),
+        "index_key": info.get("index_key"),
+        "build_s": info.get("build_s"),
+        "search_s": round(t_search, 4),
+        "queries_per_s": round(ids.shape[0] / max(t_search, 1e-9), 1),
+    }
+    if "gpu_fallback" in info:
+        ann["gpu_fallback"] = info["gpu_fallback"]
+    return ann, (ids, scores)
+
+
+def _rerank(
+    cfg: Config,
+    ge: Entry,
+    q_desc: np.ndarray,
+    q_labels: np.ndarray,
+    g_labels: np.ndarray,
+    topk: int,
+    device: str,
+) -> tuple[QueryResults, dict[str, Any]]:
+    """k-reciprocal re-ranking; exact ranks from the re-ranked distance matrix."""
+    from retrieve.metrics import evaluate_scores
+    from retrieve.rerank import k_reciprocal_distance
+
+    rc = cfg.retrieve
+    g_desc = ge.read()[0]
+    dist = k_reciprocal_distance(
+        q_desc,
+        g_desc.reshape(g_desc.shape[0], -1),
+        k1=rc.k1,
+        k2=rc.k2,
+        lambda_value=rc.lambda_value,
+        max_items=rc.rerank_max_items,
+    )
+    summary, results = evaluate_scores(
+        np.negative(dist, out=dist),
+        q_labels,
+        g_labels,
+        rc.protocol,
+        ks=tuple(rc.ks),
+        topk=topk,
+        device=device,
+    )
+    return results, summary
+
+
+def _write_reports(
+    cfg: Config,
+    store: CacheStore,
+    out_dir: Path,
+    metrics: dict,
+    qe: Entry,
+    ge: Entry,
+    q_names: list[str],
+    q_labels: np.ndarray,
+    g_labels: np.ndarray,
+    g_names: list[str],
+    final: QueryResults,
+    lists: tuple[np.ndarray, np.ndarray],
+    curves: list[tuple[str, np.ndarray]],
+    n_rankable: int,
+) -> dict[str, str]:
+    from retrieve.reports import ReportData, correct_matrix, curves_for, write_html_report, write_recall_png
+
+    rc = cfg.retrieve
+    title = f"{metrics['query']} → {metrics['gallery']} ({metrics['protocol']})"
+    png_title = title.replace("→", "->")  # Pillow's default font has no arrow
+    write_recall_png(out_dir / "recall_curve.png", curves_for(curves, n_rankable), png_title)
+    reranked = "rerank" in metrics
+    data = ReportData(
+        title=title,
+        metrics=metrics,
+        q_names=q_names,
+        q_labels=q_labels,
+        g_names=g_names,
+        first_rank=final.first_rank,
+        ap=final.ap,
+        topk=lists[0],
+        topk_scores=-lists[1] if reranked else lists[1],
+        correct=correct_matrix(lists[0], q_labels, g_labels, rc.protocol),
+        q_root=image_root(store, qe.manifest),
+        g_root=image_root(store, ge.manifest),
+        topk_source=metrics["topk_source"],
+        score_name="re-ranked distance" if reranked else "score",
+    )
+    write_html_report(out_dir, data, n_queries=rc.report_queries, thumb_size=rc.thumb_size, seed=cfg.seed)
+    return {"html": "report.html", "recall_curve": "recall_curve.png"}
+
+
 def _write_per_query(
-    path: Path, q_names: list[str], q_labels: np.ndarray, results, g_names: list[str]
+    path: Path,
+    q_names: list[str],
+    q_labels: np.ndarray,
+    results: QueryResults,
+    topk: np.ndarray,
+    g_names: list[str],
 ) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="") as f:
@@ -109,7 +342,7 @@ def _write_per_query(
                     int(results.first_rank[i]),
                     "" if math.isnan(ap) else f"{100 * ap:.4f}",
                     int(results.n_positives[i]),
-                    " ".join(g_names[j] for j in results.topk[i] if j >= 0),
+                    " ".join(g_names[j] for j in topk[i] if j >= 0),
                 ]
             )
     os.replace(tmp, path)

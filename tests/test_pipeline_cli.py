@@ -66,7 +66,7 @@ def test_demo_end_to_end_then_second_demo_reuses_every_entry(tmp_path):
         assert {"R@1", "R@5", "R@10", "R@1%", "AP"} <= set(m) and 0 <= m["R@1"] <= m["R@5"] <= 100
     run = json.loads((tmp_path / "first" / "run.json").read_text())
     assert run["status"] == "complete" and run["reused_all"] is False and run["cache_keys"]
-    assert (tmp_path / "first" / "model.safetensors").exists()
+    assert (tmp_path / "first" / "isms.safetensors").exists()
 
     p2 = cli("demo", *TINY, "out=second", cache=cache, cwd=tmp_path)
     assert p2.returncode == 0, p2.stderr
