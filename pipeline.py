@@ -410,6 +410,20 @@ def _demo_cvft(overrides: list[str]) -> None:
     out.print(DEMO_CVFT_NOTE)
 
 
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders (or metrics.json files) to compare."),
+    dest: Path = typer.Option(Path("."), "--out", help="Where comparison.md and comparison.csv go."),
+) -> None:
+    """One table of metrics across runs; also written as Markdown and CSV."""
+    from retrieve.compare import compare_runs, write_comparison
+
+    _, markdown, csv_text = compare_runs(list(runs))
+    out.print(markdown)
+    for p in write_comparison(markdown, csv_text, dest):
+        say(f"wrote {p}")
+
+
 # -- cache ----------------------------------------------------------------------------------------
 def _human(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):

@@ -274,3 +274,20 @@ def test_cache_ls_show_export_from_another_directory(tmp_path):
 @pytest.mark.parametrize("bad", ["backbone.name=dinov3_vitq16", "pooling.name=sum"])
 def test_bad_choices_exit_2(tmp_path, bad):
     one_error_line(cli("extract", "demo", *TINY, bad, cache=tmp_path / "c", cwd=tmp_path))
+
+
+def test_compare_prints_one_table_and_writes_csv_and_markdown(tmp_path):
+    for name, r1 in (("a", 12.5), ("b", 40.0)):
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"status": "complete"}))
+        m = {"protocol": "u1652", "direction": "q->g", "n_queries": 8, "n_gallery": 4,
+             "R@1": r1, "R@5": 50.0, "R@10": 75.0, "R@1%": 12.5, "AP": 20.0}
+        (d / "metrics.json").write_text(json.dumps(m))
+    p = cli("compare", "runs/a", "runs/b", "--out", "cmp", cache=tmp_path / "c", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "12.50" in p.stdout and "40.00" in p.stdout
+    csv_text = (tmp_path / "cmp" / "comparison.csv").read_text()
+    assert "runs/a" in csv_text and "runs/b" in csv_text
+    assert (tmp_path / "cmp" / "comparison.md").exists()
+    assert "nowhere" in one_error_line(cli("compare", "nowhere", cache=tmp_path / "c", cwd=tmp_path))
