@@ -1,6 +1,6 @@
 """Alignment methods on synthetic cross-view descriptors, through the real alignment stage.
 
-python benchmarks/bench_align_synthetic.py [--quick] [--transductive] [--threads 1] [--json OUT]
+python benchmarks/bench_align_synthetic.py [--quick] [--transductive] [--select] [--world JSON] [--json OUT]
     Generates a world (align.synthetic: drone = rotated, tanh-warped, shifted, noisy satellite),
     a test split (query drones, gallery satellites with distractors) and a train split (other
     locations), writes them into a fresh cache as extraction-like entries, then runs
@@ -9,14 +9,18 @@ python benchmarks/bench_align_synthetic.py [--quick] [--transductive] [--threads
     ``retrieve.metrics.evaluate`` under the u1652 protocol. Also reports raw descriptors and the
     generator's oracle (the true distortion applied to each satellite: a ceiling for reference).
 
-python benchmarks/bench_align_synthetic.py isms-curve [--quick] [--epochs 50] [--every 5]
-    ISMS convergence: trains ISMS once for --epochs epochs through run_alignment (on_epoch
-    snapshots via the run's history) and evaluates R@1/AP of the ISMS descriptors and of fusion with
-    a fixed stream 1 after every --every epochs (from the resumable state), with the loss curve.
+python benchmarks/bench_align_synthetic.py isms-curve [--u1652-size --dim 256] [--epochs 50] [--every 5]
+    ISMS convergence: trains ISMS once (align.isms.train_isms, what the stage calls) and evaluates
+    the model handed to save_state after epochs 1, 2, 3 and every --every: loss terms, R@1/AP of
+    the ISMS descriptors on the test split, and the correlation of its pairwise similarities with
+    the final model's. --u1652-size: 701 satellites + 37,854 drones per split (38,555 training rows,
+    38 mini-batches of 1024 per epoch, as on University-1652).
 
-Method hyperparameters: stream-1 and EM-CVGL values are the releases' (align.params may override
-them: --stream1-params / --emcvgl-params as JSON); ISMS uses the AlignConfig defaults except
-out_dim = half its input width (GeoAlign: 2560 → 1280).
+Method hyperparameters (align.params): by default SELECTED below, the candidates --select chose on a
+validation split (other locations of the same world; labels used for the choice only, never the
+test split); --release-params for the releases' values; --stream1-params / --supervised-params /
+--emcvgl-params (JSON) to set them. ISMS: the AlignConfig defaults except out_dim = half its input
+width (GeoAlign: 2560 → 1280). Results, commands and machine: benchmarks/README_align_synthetic.md.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ CANDIDATES = {
     "stream1": [{}, {"lr": 1e-3}, {"lr": 2e-3, "dro_num": 2}],
     "emcvgl": [{}, {"lr": 1e-3}, {"lr": 2e-3, "dro_num": 2}],
 }
+# What --select chose on the quick validation split, non-transductive (benchmarks/README_align_synthetic.md);
+# the defaults of this script. --release-params uses the releases' values instead.
+SELECTED = {"stream1": {"lr": 1e-3}, "supervised": {"lr": 1e-3}, "emcvgl": {"lr": 2e-3, "dro_num": 2}}
 FAMILY = {"geoalign": "stream1", "fusion": "stream1", "supervised": "supervised", "emcvgl": "emcvgl"}
 
 
@@ -163,11 +170,13 @@ def bench(args) -> dict:
             test.drone[L], test.drone_labels, world.oracle_gallery(test, L), test.satellite_labels
         ),
     }
-    params = {
-        "stream1": json.loads(args.stream1_params or "{}"),
-        "supervised": json.loads(args.supervised_params or args.stream1_params or "{}"),
-        "emcvgl": json.loads(args.emcvgl_params or "{}"),
+    base = {k: {} for k in SELECTED} if args.release_params else SELECTED
+    given = {
+        "stream1": args.stream1_params,
+        "supervised": args.supervised_params or args.stream1_params,
+        "emcvgl": args.emcvgl_params,
     }
+    params = {k: json.loads(v) if v else dict(base[k]) for k, v in given.items()}
     selection = None
     if args.select:
         selection = select(args, world, store, test.layers, work)
@@ -298,9 +307,17 @@ def environment() -> dict:
         up = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         up = ""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+        "machine": f"{platform.machine()} {cpu or platform.processor()} {os.cpu_count()} cpus".strip(),
         "uptime": up,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -324,6 +341,7 @@ def main() -> None:
     )
     ap.add_argument("--emcvgl-params", default=None, help="JSON: align.params for emcvgl")
     ap.add_argument("--supervised-params", default=None, help="JSON: align.params for supervised")
+    ap.add_argument("--release-params", action="store_true", help="the releases' values, not SELECTED")
     ap.add_argument(
         "--select", action="store_true", help="choose align.params among CANDIDATES on a validation split"
     )
