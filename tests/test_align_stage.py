@@ -367,3 +367,40 @@ def test_pipeline_align_bad_params_is_one_line_exit_2(tmp_path):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "did you mean 'num_experts'" in lines[0], err
     assert entries_of(store) == before
+
+
+# ---------------------------------------------------------------------------------------- generator
+
+
+def test_synthetic_data_is_deterministic_and_cached_under_extraction_names(tmp_path):
+    a = CrossViewWorld(WorldConfig(dim=DIM, layers=LAYERS, seed=3)).sample(5, 2, 3, seed=4)
+    b = CrossViewWorld(WorldConfig(dim=DIM, layers=LAYERS, seed=3)).sample(5, 2, 3, seed=4)
+    c = CrossViewWorld(WorldConfig(dim=DIM, layers=LAYERS, seed=3)).sample(5, 2, 3, seed=5)
+    for L in LAYERS:
+        assert np.array_equal(a.drone[L], b.drone[L]) and np.array_equal(a.satellite[L], b.satellite[L])
+        assert not np.array_equal(a.drone[L], c.drone[L])
+        assert a.drone[L].shape == (10, DIM) and a.satellite[L].shape == (8, DIM)
+        assert np.allclose(np.linalg.norm(a.drone[L], axis=1), 1.0, atol=1e-5)
+    # 3 distractor satellites: labels no drone has
+    assert set(a.drone_labels) == set(a.satellite_labels[:5]) and not set(a.satellite_labels[5:]) & set(
+        a.drone_labels
+    )
+    store = CacheStore(tmp_path / "c")
+    keys = write_cache(store, "x", a, b)
+    assert set(keys) == {
+        f"x.{v}@{L}" for v in ("query_drone", "gallery_satellite", "drone", "satellite") for L in LAYERS
+    }
+    assert write_cache(store, "x", a, b) == keys  # same data, same keys: reused
+    e = store.open(f"x.query_drone@{LAYERS[0]}")
+    assert e.names()[0].startswith("query_drone/") and (e.labels() == a.drone_labels).all()
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(dim=2), dict(layers=(1, 1)), dict(rotation=float("nan")), dict(noise_drone=-1.0)]
+)
+def test_synthetic_world_refuses_bad_settings(bad):
+    with pytest.raises(UserError) as ei:
+        CrossViewWorld(WorldConfig(**bad))
+    one_line_error(ei)
+    with pytest.raises(UserError):
+        CrossViewWorld(WorldConfig(dim=8)).sample(0, 2)
