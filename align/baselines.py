@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from align.geoalign import GeoAlignStream1, Stream1Config
+from align.geoalign import INITS, GeoAlignStream1, Stream1Config, init_autoencoder
 from align.losses import (
     hard_pseudo_label_infonce,
     l1_unit,
@@ -51,8 +51,13 @@ class EMCVGLConfig:
     keep_neg: bool = True
     idt_w: float = 1.0
     temperature_init: float = 14.28
+    # Same initialization choice as stream 1 (Stream1Config.init), so that the comparison isolates
+    # the pseudo-label method: "isometric" (ours, default) or "default" (PyTorch's, EM-CVGL's code).
+    init: str = "isometric"
 
     def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise UserError(f"EM-CVGL init {self.init!r} is unknown; use one of {', '.join(INITS)}")
         if (
             self.out_dim <= 0
             or self.vec_dim <= 0
@@ -82,6 +87,7 @@ class EMCVGLAdapter(nn.Module):
         self.dec1 = nn.Sequential(nn.Linear(cfg.vec_dim, cfg.out_dim), nn.BatchNorm1d(cfg.out_dim))
         self.enc2 = self.enc1
         self.dec2 = self.dec1
+        init_autoencoder(self.enc1[0], self.dec1[0], cfg.init)
 
     def forward(self, x: torch.Tensor, view: str = "sat") -> torch.Tensor:
         return F.normalize(self.enc1(x), dim=-1)

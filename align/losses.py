@@ -100,7 +100,7 @@ def reliable_matches(score: torch.Tensor, sim: torch.Tensor, thr: float, mutual:
     ``dro_best[j] = argmax_i score[i, j]``, ``sat_best[i] = argmax_j score[i, j]``. A match is kept when
     it is mutual (``sat_best[dro_best[j]] = j``, resp. ``dro_best[sat_best[i]] = i``) and the cosine
     similarity of the matched pair exceeds ``thr`` (EM-CVGL's ``pseudo_thr``, which GeoAlign keeps).
-    ``score`` is the transport plan for GeoAlign and the similarity itself for EM-CVGL. As in EM-CVGL,
+    ``score`` is the similarity itself for EM-CVGL and for GeoAlign by default (``match_on="plan"``: the transport plan). As in EM-CVGL,
     mutual filtering is skipped while it finds ``MIN_MUTUAL`` pairs or fewer.
     """
     m, n = score.shape
@@ -202,6 +202,7 @@ def stream1_loss(
     mutual_match: bool,
     keep_neg: bool,
     distill_w: float,
+    match_on: str = "plan",
     idt_w: float,
     lambda_A: float,
     lambda_B: float,
@@ -232,7 +233,8 @@ def stream1_loss(
         if targets is None:
             plan = sinkhorn(sim_d, eps, iters)
             q_s2d, q_d2s = soft_pseudo_labels(plan, label_smoothing)
-            matches = reliable_matches(plan, sim_d, pseudo_thr, mutual_match)
+            score = plan if match_on == "plan" else sim_d
+            matches = reliable_matches(score, sim_d, pseudo_thr, mutual_match)
         else:
             q_s2d, q_d2s = targets
             if label_smoothing > 0:

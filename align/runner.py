@@ -150,21 +150,35 @@ def _adapter_dims(
 
 
 class _StateFile:
-    """Resumable training state under the cache's model folder (torch.save; loads weights_only)."""
+    """Resumable training state under the cache's model folder (torch.save; loads weights_only).
 
-    def __init__(self, folder: Path, name: str) -> None:
+    With ``history`` (the run's list of per-epoch records) the saved state also carries this model's
+    records so far, and :meth:`load` puts them back, so a resumed run's ``history.jsonl`` lists every
+    epoch, not only those trained after the resume.
+    """
+
+    def __init__(self, folder: Path, name: str, history: list[dict] | None = None) -> None:
         self.path = folder / f"state-{name}.pt"
+        self.name = name
+        self.history = history
 
     def load(self) -> dict | None:
         if not self.path.exists():
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception:  # a state cut short by a kill: start over rather than fail
             return None
+        if self.history is not None and isinstance(state, dict):
+            done = int(state.get("epoch", 0))
+            kept = [h for h in state.pop("run_history", []) if int(h.get("epoch", -1)) < done]
+            self.history[:] = [h for h in self.history if h.get("model") != self.name] + kept
+        return state
 
     def save(self, epoch: int, state: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.history is not None:
+            state = {**state, "run_history": [dict(h) for h in self.history if h.get("model") == self.name]}
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
@@ -204,10 +218,18 @@ def run_alignment(
     if bool(cfg.align.train_drone) != bool(cfg.align.train_satellite):
         raise UserError("set both align.train_drone and align.train_satellite, or neither")
     if role(qv, True) == role(gv, False):
-        raise UserError(f"views {qv} and {gv} map to the same branch; align one drone-like and one satellite-like view")
+        raise UserError(
+            f"views {qv} and {gv} map to the same branch; align one drone-like and one satellite-like view"
+        )
     if cfg.align.train_drone:
-        by_role = {"dro": (cfg.align.train_drone, "train_drone"), "sat": (cfg.align.train_satellite, "train_satellite")}
-        train = {r: _load_view(store, f"train_{r}", _aliases(cfg, a, f"train_{r}", w), needed) for r, (a, w) in by_role.items()}
+        by_role = {
+            "dro": (cfg.align.train_drone, "train_drone"),
+            "sat": (cfg.align.train_satellite, "train_satellite"),
+        }
+        train = {
+            r: _load_view(store, f"train_{r}", _aliases(cfg, a, f"train_{r}", w), needed)
+            for r, (a, w) in by_role.items()
+        }
     else:
         train = {role(qv, True): eval_views[qv], role(gv, False): eval_views[gv]}
     if set(train) != {"sat", "dro"}:
@@ -295,7 +317,7 @@ def run_alignment(
 
         icfg = ISMSConfig(**{k: v for k, v in asdict(cfg.align.isms).items() if k != "layers"})
         x = torch.cat([isms_input([train[r].tensors[L] for L in isms_layers]) for r in ("sat", "dro")])
-        state = _StateFile(model_dir, "isms")
+        state = _StateFile(model_dir, "isms", history)
         isms = train_isms(
             x,
             icfg,
@@ -324,7 +346,7 @@ def run_alignment(
         s1cfg = _dataclass_from_params(
             Stream1Config, cfg.align.params, **_adapter_dims(in_dim, cfg.align.params, 2 * in_dim)
         )
-        state = _StateFile(model_dir, "stream1")
+        state = _StateFile(model_dir, "stream1", history)
         common = dict(
             seed=cfg.seed,
             device=str(device),
@@ -363,7 +385,7 @@ def run_alignment(
             out_dim=in_dim,
             vec_dim=max(2 * in_dim, 8) if in_dim != 1280 else 2048,
         )
-        state = _StateFile(model_dir, "emcvgl")
+        state = _StateFile(model_dir, "emcvgl", history)
         em, _ = train_emcvgl(
             train["sat"].tensors[s1_layer],
             train["dro"].tensors[s1_layer],

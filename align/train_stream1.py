@@ -247,7 +247,8 @@ def stream1_batch_loss(cfg: Stream1Config) -> BatchLoss:
 
     def batch_loss(model, scale, sat_b, dro_b, sl, dl, epoch):
         out = model.train_forward(sat_b, dro_b)
-        eps = curriculum_eps(epoch, cfg.epochs, cfg.sinkhorn_eps_start, cfg.sinkhorn_eps_end)
+        span = max(1, round(cfg.curriculum_fraction * cfg.epochs))
+        eps = curriculum_eps(epoch, span, cfg.sinkhorn_eps_start, cfg.sinkhorn_eps_end)
         # Student temperature follows the curriculum (see Stream1Config.student_temp_ratio); the
         # learnable logit scale is for the InfoNCE baselines only.
         scale = torch.tensor(1.0 / (cfg.temp_ratio * eps), device=sat_b.device)
@@ -261,6 +262,7 @@ def stream1_batch_loss(cfg: Stream1Config) -> BatchLoss:
             label_smoothing=cfg.label_smoothing,
             pseudo_thr=cfg.pseudo_thr,
             mutual_match=cfg.mutual_match,
+            match_on=cfg.match_on,
             keep_neg=cfg.keep_neg,
             distill_w=cfg.distill_w,
             idt_w=cfg.idt_w,

@@ -4,6 +4,9 @@ python benchmarks/bench_align.py time [--epochs 3] [--isms-epochs 1] [--threads 
     Stream 1 (release config) on 701 satellite + 37,854 drone random 1280-d descriptors and ISMS
     on the 2560-d concatenation of two layers for all 38,555 images. Times a few epochs and
     extrapolates to the release schedules (300 stream-1 epochs, ISMSConfig.epochs ISMS epochs).
+    Also counts the floating-point work of one training step of each (torch's FlopCounterMode,
+    forward + backward) and times this machine's float32 matmul at the same shapes and threads:
+    work / matmul throughput is the least time any implementation of the same schedule can take here.
 
 python benchmarks/bench_align.py verify-release --geoalign /tmp/ref/GeoAlign --workdir /tmp/verify
     Builds a small fake release (random weights, random features), runs GeoAlign's own evaluate.py
@@ -87,7 +90,60 @@ def bench_time(args: argparse.Namespace) -> dict:
         "isms_epochs_full": icfg.epochs,
     }
     out["total_min"] = out["stream1_300_epochs_min"] + out["isms_full_min"]
+    out.update(work_bound(cfg, icfg, n_sat, n_rows=n_sat + n_dro))
     return out
+
+
+def step_flops(fn) -> float:
+    """Floating-point operations (matmuls, forward + backward) of ``fn()``, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def matmul_gflops(m: int, k: int, n: int, repeat: int = 5) -> float:
+    """Best-of-``repeat`` float32 ``[m,k] @ [k,n]`` throughput (GFLOP/s) at the current thread count."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    a @ b
+    best = math.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * m * k * n / best / 1e9
+
+
+def work_bound(cfg: Stream1Config, icfg: ISMSConfig, n_sat: int, n_rows: int) -> dict:
+    """Work of the whole schedule and the least time it can take at this machine's matmul speed."""
+    from align.isms import isms_loss
+    from align.train_stream1 import stream1_batch_loss
+
+    torch.manual_seed(0)
+    model = GeoAlignStream1(cfg).train()
+    sat = F.normalize(torch.randn(n_sat, cfg.out_dim), dim=-1)
+    dro = F.normalize(torch.randn(n_sat * cfg.dro_num, cfg.out_dim), dim=-1)
+    loss_fn = stream1_batch_loss(cfg)
+    s1 = step_flops(lambda: loss_fn(model, None, sat, dro, None, None, 0)[0].backward())
+    isms = ISMS(2 * cfg.out_dim, icfg.out_dim).train()
+    xb = torch.randn(icfg.batch_size, 2 * cfg.out_dim)
+    i1 = step_flops(lambda: isms_loss(isms, xb, icfg.w_decor)[0].backward())
+    isms_steps = math.ceil(n_rows / icfg.batch_size) * icfg.epochs
+    s1_steps = max(1, n_sat // min(cfg.batch_size, n_sat)) * cfg.epochs
+    # the dominant matmul shapes: the experts' vec→vec projection and ISMS's 2560→1280 encoder
+    peak = max(
+        matmul_gflops(n_sat, cfg.vec_dim, cfg.vec_dim),
+        matmul_gflops(icfg.batch_size, 2 * cfg.out_dim, icfg.out_dim),
+    )
+    total = s1 * s1_steps + i1 * isms_steps
+    return {
+        "stream1_gflop_per_step": s1 / 1e9,
+        "isms_gflop_per_step": i1 / 1e9,
+        "total_tflop": total / 1e12,
+        "matmul_gflops": peak,
+        "least_min_at_matmul_speed": total / (peak * 1e9) / 60,
+    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -228,6 +228,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, method, m
     for a, b in zip(out, ref_out):
         assert np.array_equal(store.open(a.key).read()[0], ref_store.open(b.key).read()[0])
     assert not state.exists()
+    # the resumed run's log lists every epoch, including those trained before the kill
+    assert (run.path / "history.jsonl").read_text() == (ref_run.path / "history.jsonl").read_text()
 
 
 def _cli(*args: str, cache: Path, cwd: Path, **kw) -> subprocess.Popen:

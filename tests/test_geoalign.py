@@ -375,3 +375,82 @@ def test_baselines_train_and_describe():
     assert sup.describe(dro, "dro").shape == (48, 64) and len(hist) == 4
     with pytest.raises(UserError, match="sat_labels and dro_labels"):
         train_supervised(sat, dro, Stream1Config(**TINY), sat_labels=None, dro_labels=None)
+
+
+# --------------------------------------------------------------- choices the paper leaves open
+
+
+def test_isometric_init_keeps_the_backbone_geometry_and_default_init_does_not():
+    """An untrained adapter must rank like raw descriptors: the first pseudo-labels depend on it."""
+    from align.synthetic import CrossViewWorld
+
+    data = CrossViewWorld(dim=32, seed=3).sample(60, 5, seed=4)
+    sat = torch.from_numpy(data.satellite[28])
+    dro = torch.from_numpy(data.drone[28])
+    sl = torch.from_numpy(data.satellite_labels)
+    dl = torch.from_numpy(data.drone_labels)
+    raw = r_at_1(dro, dl, sat, sl)
+    got = {}
+    for init in ("isometric", "default"):
+        torch.manual_seed(0)
+        m = GeoAlignStream1(Stream1Config(**{**SMALL, "init": init})).eval()
+        got[init] = r_at_1(m.describe(dro, "dro"), dl, m.describe(sat, "sat"), sl)
+        if init == "isometric":
+            w = m.shared_enc[0].weight
+            assert torch.allclose(w.T @ w, torch.eye(SMALL["out_dim"]), atol=1e-5)
+            assert torch.equal(m.dec1[0].weight, w.T)
+            assert not m.shared_enc[0].bias.any() and not m.dec1[0].bias.any()
+    assert abs(got["isometric"] - raw) <= 3.0, (raw, got)
+    assert got["default"] < raw - 5.0, (raw, got)  # why the default is not PyTorch's init
+    with pytest.raises(UserError, match="init"):
+        Stream1Config(init="xavier")
+    with pytest.raises(UserError, match="init"):
+        EMCVGLConfig(init="xavier")
+
+
+def test_curriculum_anneals_over_its_fraction_then_holds():
+    sat, sl, dro, dl = synthetic(n_sat=16, per=2, dim=32)
+    cfg = Stream1Config(**{**SMALL, "epochs": 10, "batch_size": 16, "curriculum_fraction": 0.3})
+    _, hist = train_stream1(sat, dro, cfg, seed=0)
+    eps = [h["eps"] for h in hist]
+    assert eps[:3] == pytest.approx([0.2, 0.125, 0.05])
+    assert eps[3:] == pytest.approx([0.05] * 7)
+    _, hist = train_stream1(sat, dro, cfg.replace(curriculum_fraction=1.0), seed=0)
+    assert [h["eps"] for h in hist] == pytest.approx([0.2 - 0.15 * e / 9 for e in range(10)])
+    with pytest.raises(UserError, match="curriculum_fraction"):
+        Stream1Config(curriculum_fraction=0.0)
+
+
+def test_reliability_runs_on_the_chosen_score():
+    """match_on=similarity keeps the mutual nearest neighbours of the cosines, plan those of the plan."""
+    from align.losses import reliable_matches, sinkhorn, stream1_loss
+
+    sat, sl, dro, dl = synthetic(n_sat=24, per=3, dim=32)
+    torch.manual_seed(0)
+    model = randomized(GeoAlignStream1(Stream1Config(**SMALL)), 1, 0.05).train()
+    torch.manual_seed(1)
+    out = model.train_forward(sat, dro)
+    sim = F.normalize(out["enc_a"], dim=-1) @ F.normalize(out["enc_b"], dim=-1).T
+    kw = dict(
+        iters=3,
+        label_smoothing=0.15,
+        pseudo_thr=0.0,
+        mutual_match=True,
+        keep_neg=True,
+        distill_w=1.0,
+        idt_w=1.0,
+        lambda_A=1.0,
+        lambda_B=1.0,
+        feat_w=0.0,
+        lambda_moe=0.0,
+    )
+    shares = {}
+    for on in ("similarity", "plan"):
+        _, stats = stream1_loss(out, sat, dro, torch.tensor(10.0), eps=0.05, match_on=on, **kw)
+        score = sim.detach() if on == "similarity" else sinkhorn(sim.detach(), 0.05, 3)
+        want = reliable_matches(score, sim.detach(), 0.0, True).dro_keep.float().mean().item()
+        assert stats["reliable_dro"] == pytest.approx(want)
+        shares[on] = want
+    assert shares["similarity"] != shares["plan"]
+    with pytest.raises(UserError, match="match_on"):
+        Stream1Config(match_on="both")
