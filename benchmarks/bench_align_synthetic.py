@@ -53,8 +53,13 @@ SIZES = {
     # test: locations × drone views + distractor satellites; train: as many other locations
     "full": dict(n_locations=300, views_per_location=20, n_distractors=150),
     "quick": dict(n_locations=100, views_per_location=10, n_distractors=50),
+    "tiny": dict(n_locations=60, views_per_location=8, n_distractors=30),  # the test's size
 }
 NAME = "syn"
+
+
+def size_name(args) -> str:
+    return "tiny" if getattr(args, "tiny", False) else "quick" if args.quick else "full"
 
 
 def metrics(q, ql, g, gl) -> dict:
@@ -68,9 +73,14 @@ CANDIDATES = {
     "stream1": [{}, {"lr": 1e-3}, {"lr": 2e-3, "dro_num": 2}],
     "emcvgl": [{}, {"lr": 1e-3}, {"lr": 2e-3, "dro_num": 2}],
 }
-# What --select chose on the quick validation split, non-transductive (benchmarks/README_align_synthetic.md);
-# the defaults of this script. --release-params uses the releases' values instead.
-SELECTED = {"stream1": {"lr": 1e-3}, "supervised": {"lr": 1e-3}, "emcvgl": {"lr": 2e-3, "dro_num": 2}}
+# What --select chose on the full-size validation split of the main world, non-transductive
+# (benchmarks/README_align_synthetic.md); the defaults of this script. --release-params uses the
+# releases' values instead.
+SELECTED = {
+    "stream1": {"lr": 2e-3, "dro_num": 2},
+    "supervised": {"lr": 1e-3},
+    "emcvgl": {"lr": 2e-3, "dro_num": 2},
+}
 FAMILY = {"geoalign": "stream1", "fusion": "stream1", "supervised": "supervised", "emcvgl": "emcvgl"}
 
 
@@ -120,7 +130,7 @@ def run_method(method: str, args, store: CacheStore, layers, out: Path, params: 
 
 
 def setup(args) -> tuple:
-    size = SIZES["quick" if args.quick else "full"]
+    size = SIZES[size_name(args)]
     wcfg = WorldConfig(**{"dim": args.dim, "seed": args.data_seed, **json.loads(args.world or "{}")})
     world, test, train = make_splits(wcfg, seed=args.data_seed + 1, **size)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_align_syn_"))
@@ -135,7 +145,7 @@ def log(msg: str) -> None:
 
 def select(args, world, store: CacheStore, layers, work: Path) -> dict:
     """Best candidate per family by R@1 on a validation split; returns {family: params, …, 'trials': …}."""
-    size = SIZES["quick" if args.quick else "full"]
+    size = SIZES[size_name(args)]
     val = world.sample(seed=args.data_seed + 101, split="test", first_label=200_000, **size)
     write_cache(store, "val", val)
     chosen: dict = {"trials": {}}
@@ -227,7 +237,7 @@ def isms_curve(args) -> dict:
     if args.u1652_size:
         size = dict(n_locations=701, views_per_location=54, n_distractors=250)
     else:
-        size = SIZES["quick" if args.quick else "full"]
+        size = SIZES[size_name(args)]
     wcfg = WorldConfig(**{"dim": args.dim, "seed": args.data_seed, **json.loads(args.world or "{}")})
     world, test, train = make_splits(wcfg, seed=args.data_seed + 1, **size)
     layers = test.layers
@@ -329,6 +339,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cmd", nargs="?", default="bench", choices=("bench", "isms-curve"))
     ap.add_argument("--quick", action="store_true", help="smaller data (about a minute)")
+    ap.add_argument("--tiny", action="store_true", help="the size tests/test_align_benchmark.py runs")
     ap.add_argument("--transductive", action="store_true", help="train on the test entries themselves")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0, help="training seed")

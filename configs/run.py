@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -55,7 +57,13 @@ class RunFolder:
     """The output folder of one command (``out=DIR``, default ``runs/<stage>-<timestamp>``)."""
 
     def __init__(self, cfg: Config, stage: str, *, cache_root: Path | None = None) -> None:
-        if cfg.out:
+        # Under torchrun every rank runs the command; only rank 0 keeps a run folder. The others
+        # write theirs to a private temporary folder that finish()/fail() delete.
+        rank = os.environ.get("RANK", "0")
+        self._scratch = rank not in ("", "0")
+        if self._scratch:
+            path = Path(tempfile.mkdtemp(prefix=f"pipeline-run-rank{rank}-"))
+        elif cfg.out:
             path = Path(cfg.out)
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -92,11 +100,17 @@ class RunFolder:
         self.info["status"] = "complete"
         self.info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._save()
+        self._drop_scratch()
 
     def fail(self, message: str) -> None:
         self.info["status"] = "failed"
         self.info["error"] = message
         self._save()
+        self._drop_scratch()
+
+    def _drop_scratch(self) -> None:
+        if self._scratch:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def _save(self) -> None:
         write_json_atomic(self.path / "run.json", self.info)

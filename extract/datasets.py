@@ -9,8 +9,11 @@ Each layout is one small reader function registered in :data:`_READERS`. The lay
 datasets ship (names are relative to ``dataset.root``):
 
 * ``u1652``: ``<split>/<view>/<id>/<image>``; label = the 4-digit building number. Images lying
-  directly in a view folder (no building folder), as the extended "160k" satellite gallery's
-  distractor tiles ship, are read with label -1.
+  directly in a gallery view folder (no building folder), as the extended "160k" satellite
+  gallery's distractor tiles ship, are read with label :data:`DISTRACTOR` (-2): never a true match,
+  but ranked and counted like any other gallery item (label -1 would make them junk, removed from
+  every ranking, and the 160k gallery would score like the small one). Loose images in a query
+  view are unknown (-1).
 * ``sues200``: ``Testing/<altitude>/<view>/<id>/<image>`` (``Training/<altitude>/{drone,satellite}``
   for ``split=train``), the layout of the SUES-200 release after its own split script
   (``Reza-Zhu/SUES-200-Benchmark``: ``script/split_datasets.py``); the test galleries hold all 200
@@ -40,6 +43,10 @@ from configs.errors import UserError
 # annotation files) is ignored rather than treated as an error.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
+# Label of a gallery item that is known not to match any query (University-1652's flat 160k
+# distractor tiles): a negative in every ranking. -1 stays "junk / unknown", removed from rankings.
+DISTRACTOR = -2
+
 # University-1652's view folders per split. Other folders that exist on disk (for example an extended
 # satellite gallery a user adds) are read too, since they follow the same <id>/<image> structure.
 U1652_VIEWS: dict[str, tuple[str, ...]] = {
@@ -66,7 +73,8 @@ class ImageList:
     Attributes:
         root: the dataset root; every name is relative to it.
         names: POSIX paths relative to ``root``, in the deterministic order the pipeline uses.
-        labels: int64 array, one label per name; -1 means junk / unknown (removed from rankings).
+        labels: int64 array, one label per name; -1 means junk / unknown (removed from rankings),
+            :data:`DISTRACTOR` (-2) a gallery item that matches no query (ranked as a negative).
         view: the view this list holds (``query_drone``, ``gallery_satellite``, ...).
         label_names: for layouts whose label folders are not integers, ``label_names[k]`` is the
             folder name of label ``k``; empty when labels are the folder integers themselves.
@@ -181,12 +189,12 @@ def _register(name: str, root_hint: str) -> Callable[[Reader], Reader]:
     return deco
 
 
-def _read_id_folders(root: Path, view_dir: Path, layout: str) -> ImageList | None:
-    """``<view_dir>/<id>/<image>`` with integer ``<id>`` folders (labels), plus loose images (label -1).
+def _read_id_folders(root: Path, view_dir: Path, layout: str, loose_label: int = -1) -> ImageList | None:
+    """``<view_dir>/<id>/<image>`` with integer ``<id>`` folders (labels), plus loose images.
 
-    Loose images come after every building folder: University-1652's extended satellite gallery
-    ships its distractor tiles as one flat folder without building ids, so they are unknown (-1).
-    Returns None when the folder holds no image at all.
+    Loose images come after every building folder, labelled ``loose_label``: University-1652's
+    extended satellite gallery ships its distractor tiles as one flat folder without building ids
+    (:data:`DISTRACTOR` there; -1, unknown, elsewhere). Returns None when the folder holds no image.
     """
     buildings: list[tuple[int, str]] = []
     for name in _subdirs(view_dir):
@@ -208,7 +216,7 @@ def _read_id_folders(root: Path, view_dir: Path, layout: str) -> ImageList | Non
         labels.extend([label] * len(files))
     loose = _image_files(view_dir)
     names.extend(f"{prefix}/{f}" for f in loose)
-    labels.extend([-1] * len(loose))
+    labels.extend([loose_label] * len(loose))
     if not names:
         return None
     return ImageList(root=root, names=tuple(names), labels=np.asarray(labels, np.int64), view=view_dir.name)
@@ -238,7 +246,8 @@ def _read_u1652(root: Path, view: str, split: str, altitude: int | None = None) 
             f"view folder {view_dir} does not exist; views found under {split_dir}: "
             f"{_listing(split_dir)} (University-1652 {split} views: {known})"
         )
-    found = _read_id_folders(root, view_dir, layout)
+    loose = DISTRACTOR if view.startswith("gallery") else -1
+    found = _read_id_folders(root, view_dir, layout, loose)
     if found is None:
         raise _no_images(view_dir, layout)
     return found

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import os
 import queue
 import subprocess
@@ -383,8 +384,28 @@ def entry_spec(
         "facet": cfg.backbone.facet,
         "pooling": pooling_spec(cfg),
         "storage_dtype": cfg.extract.dtype,
-        "images": {"digest": digest, "count": len(images), "strict": cfg.dataset.strict_digest},
+        "images": {
+            "digest": digest,
+            "count": len(images),
+            "strict": cfg.dataset.strict_digest,
+            **_distractor_spec(images),
+        },
     }
+
+
+def _distractor_spec(images: ImageList) -> dict:
+    """Which items are 160k-gallery distractors (label -2), when there are any.
+
+    The key covers image names, not labels; the stored labels of such lists changed from -1 (junk)
+    to -2 (distractor), so these lists get their own key and an entry cached with the old labels is
+    recomputed instead of being reused with them. Lists without distractors keep their keys.
+    """
+    from extract.datasets import DISTRACTOR
+
+    mask = np.asarray(images.labels) == DISTRACTOR
+    if not mask.any():
+        return {}
+    return {"distractors": hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ from configs.schema import Config, load_config
 
 
 def test_unknown_key_suggests_closest_valid_key(tmp_path):
-    with pytest.raises(UserError, match=r"unknown config key 'backbone.layrs'; did you mean 'backbone.layers'\?"):
+    with pytest.raises(
+        UserError, match=r"unknown config key 'backbone.layrs'; did you mean 'backbone.layers'\?"
+    ):
         load_config(None, ["backbone.layrs=[1]"])
     p = tmp_path / "c.yaml"
     p.write_text("retreive:\n  protocol: u1652\n")
@@ -20,7 +22,9 @@ def test_unknown_key_suggests_closest_valid_key(tmp_path):
 
 
 def test_overrides_are_typed_and_shorthands_map_to_sections():
-    cfg = load_config(None, ["backbone.layers=[26,28]", "query=a", "protocol=cvft", "fusion=false", "seed=3", "out=x/y"])
+    cfg = load_config(
+        None, ["backbone.layers=[26,28]", "query=a", "protocol=cvft", "fusion=false", "seed=3", "out=x/y"]
+    )
     assert cfg.backbone.layers == [26, 28]
     assert cfg.retrieve.query == "a" and cfg.retrieve.protocol == "cvft"
     assert cfg.align.fusion is False and cfg.seed == 3 and cfg.out == "x/y"
@@ -57,3 +61,27 @@ def test_shipped_configs_resolve_from_any_directory(tmp_path, monkeypatch):
         load_config(name)  # every shipped config validates
     with pytest.raises(UserError, match="not found"):
         resolve_config_path("nope.yaml")
+
+
+def test_only_rank_zero_keeps_a_run_folder_under_torchrun(tmp_path, monkeypatch):
+    """`torchrun … -m pipeline extract` runs the command once per rank: one run folder, not one per rank."""
+    import json
+
+    from configs.run import RunFolder
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, [])
+    monkeypatch.setenv("RANK", "1")
+    other = RunFolder(cfg, "extract")
+    other.record_keys({"a": "b" * 64})
+    assert other.path.is_dir() and not other.path.is_relative_to(tmp_path)
+    other.finish()
+    assert not other.path.exists() and not (tmp_path / "runs").exists()
+    failed = RunFolder(cfg, "extract")
+    failed.fail("boom")
+    assert not failed.path.exists()
+    monkeypatch.setenv("RANK", "0")
+    leader = RunFolder(cfg, "extract")
+    leader.finish()
+    assert json.loads((leader.path / "run.json").read_text())["status"] == "complete"
+    assert len(list((tmp_path / "runs").iterdir())) == 1

@@ -216,7 +216,9 @@ def test_cvact_release_layout_and_errors(tmp_path: Path):
 # University-1652's extended gallery: a flat folder of distractor tiles without building ids
 
 
-def test_u1652_flat_distractor_folder_reads_label_minus_one(tmp_path: Path):
+def test_u1652_flat_distractor_folder_reads_distractor_label(tmp_path: Path):
+    from extract.datasets import DISTRACTOR
+
     root = tmp_path / "University-Release"
     _img(root / "test" / "gallery_satellite" / "0001" / "0001.jpg", 1)
     ext = root / "test" / "gallery_satellite_160k"
@@ -227,11 +229,33 @@ def test_u1652_flat_distractor_folder_reads_label_minus_one(tmp_path: Path):
     assert flat.names == tuple(
         f"test/gallery_satellite_160k/{n}" for n in ("00b1d4.jpg", "9e8f77.png", "f3a9c2.jpg")
     )
-    assert flat.labels.tolist() == [-1, -1, -1]
-    # Tiles dropped next to the building folders: buildings keep their ids, loose tiles come last as -1.
+    assert DISTRACTOR == -2 and flat.labels.tolist() == [DISTRACTOR] * 3
+    # Tiles dropped next to the building folders: buildings keep their ids, loose tiles come last.
     _img(root / "test" / "gallery_satellite" / "extra_tile.jpg", 5)
     mixed = list_images("u1652", root, "gallery_satellite")
-    assert mixed.names[-1] == "test/gallery_satellite/extra_tile.jpg" and mixed.labels.tolist() == [1, -1]
+    assert mixed.names[-1] == "test/gallery_satellite/extra_tile.jpg"
+    assert mixed.labels.tolist() == [1, DISTRACTOR]
+    # In a query view a loose image is unknown, not a distractor of anything.
+    _img(root / "test" / "query_drone" / "0001" / "image-01.jpeg", 2)
+    _img(root / "test" / "query_drone" / "stray.jpeg", 3)
+    assert list_images("u1652", root, "query_drone").labels.tolist() == [1, -1]
+
+
+def test_distractors_count_as_negatives_and_junk_does_not():
+    """A 160k-gallery distractor scored above the true tile costs the query its R@1; junk (-1) is removed."""
+    from extract.datasets import DISTRACTOR
+    from retrieve.metrics import evaluate
+
+    q = np.array([[1.0, 0.0]], np.float32)
+    g = np.array([[0.6, 0.8], [0.9, np.sqrt(1 - 0.81)]], np.float32)  # true tile 0.6, other tile 0.9
+    for protocol in ("u1652", "geoalign"):
+        as_distractor, _ = evaluate(
+            q, np.array([1]), g, np.array([1, DISTRACTOR]), protocol, ks=(1, 2), topk=1
+        )
+        as_junk, _ = evaluate(q, np.array([1]), g, np.array([1, -1]), protocol, ks=(1, 2), topk=1)
+        assert (as_distractor["R@1"], as_distractor["R@2"]) == (0.0, 100.0)
+        assert as_distractor["AP"] == pytest.approx(50.0 if protocol == "geoalign" else 25.0)
+        assert as_junk["R@1"] == 100.0 and as_junk["AP"] == pytest.approx(100.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,3 +295,20 @@ def test_cvft_sizes_per_view_and_explicit_overrides():
     cfg = load_config(None, ["preprocess.resize=[20, 30]"])
     prep, key = view_preprocess(cfg, "x")
     assert prep.size == (20, 30) and key == [20, 30] and prep.resample == "bicubic"
+
+
+def test_distractor_lists_get_their_own_cache_key(tmp_path: Path):
+    """Keys cover names, not labels: a 160k gallery cached when its tiles were junk (-1) must not be
+    reused now that they are distractors (-2); lists without distractors keep their keys."""
+    from extract.datasets import DISTRACTOR, ImageList
+    from extract.runner import entry_spec
+
+    cfg = load_config(None, [])
+    names = ("test/gallery_satellite/0001/a.jpg", "test/gallery_satellite/x.jpg")
+    specs = {}
+    for tag, labels in (("junk", [1, -1]), ("distractor", [1, DISTRACTOR]), ("other", [1, 2])):
+        lst = ImageList(root=tmp_path, names=names, labels=np.array(labels), view="gallery_satellite")
+        specs[tag] = entry_spec(cfg, {"name": "b"}, lst, 28, "float32", "d" * 64)
+    assert "distractors" in specs["distractor"]["images"]
+    assert specs["distractor"] != specs["junk"]
+    assert specs["junk"] == specs["other"]  # unchanged scheme: the key is what it always was
