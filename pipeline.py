@@ -156,7 +156,8 @@ def _run_stage(stage: str, cfg, fn):
         run.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
     run.finish()
-    say(f"run folder: {run.path}")
+    if not run.scratch:
+        say(f"run folder: {run.path}")
     return result
 
 

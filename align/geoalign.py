@@ -58,7 +58,11 @@ def init_autoencoder(enc: nn.Linear, dec: nn.Linear, how: str) -> None:
 
 @dataclass
 class Stream1Config:
-    """Model and training hyperparameters of GeoAlign stream 1 (defaults: the release, ``base_stream1.yml``)."""
+    """Model and training hyperparameters of GeoAlign stream 1.
+
+    Defaults: the release's ``base_stream1.yml``, plus our choices where the release leaves a point
+    open (``init``, ``curriculum_fraction``, ``match_on``, ``student_temp_ratio``; see the comments).
+    """
 
     # --- model ---
     out_dim: int = 1280  # backbone descriptor width (DINOv3 ViT-H+/16 layer 28)
@@ -118,7 +122,7 @@ class Stream1Config:
     # "isometric" (ours) = orthonormal encoder columns, decoder = its transpose, zero biases, so the
     # untrained adapter keeps the backbone's cosine geometry and the first Sinkhorn pseudo-labels
     # are as good as raw matching; "default" = PyTorch's Linear init, whose random bias and
-    # projection halve the first pseudo-labels' accuracy on the synthetic benchmark (0.35 → 0.18).
+    # projection cut the first pseudo-labels' accuracy on the synthetic benchmark from 0.35 to 0.18–0.24.
     init: str = "isometric"
 
     def __post_init__(self) -> None:
@@ -214,7 +218,9 @@ class Stream1Config:
         return cls(**{k: _coerce(k, v, getattr(cls, k), p) for k, v in values.items()})
 
     def to_geoalign_yaml(self) -> dict[str, Any]:
-        """The ``model:``/``train:`` dict GeoAlign's scripts read (the inverse of :meth:`from_yaml`)."""
+        """The ``model:``/``train:`` dict GeoAlign's scripts read (the inverse of :meth:`from_yaml` for
+        GeoAlign's own keys; our fields that GeoAlign does not know, such as ``init``, ``match_on`` and
+        ``curriculum_fraction``, are not written and read back as their defaults)."""
         model_keys = (
             "out_dim",
             "vec_dim",

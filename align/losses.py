@@ -100,8 +100,9 @@ def reliable_matches(score: torch.Tensor, sim: torch.Tensor, thr: float, mutual:
     ``dro_best[j] = argmax_i score[i, j]``, ``sat_best[i] = argmax_j score[i, j]``. A match is kept when
     it is mutual (``sat_best[dro_best[j]] = j``, resp. ``dro_best[sat_best[i]] = i``) and the cosine
     similarity of the matched pair exceeds ``thr`` (EM-CVGL's ``pseudo_thr``, which GeoAlign keeps).
-    ``score`` is the similarity itself for EM-CVGL and for GeoAlign by default (``match_on="plan"``: the transport plan). As in EM-CVGL,
-    mutual filtering is skipped while it finds ``MIN_MUTUAL`` pairs or fewer.
+    ``score`` is the similarity itself for EM-CVGL and, by default, for stream 1
+    (``match_on="similarity"``); stream 1 with ``match_on="plan"`` passes the transport plan. As in
+    EM-CVGL, mutual filtering is skipped while it finds ``MIN_MUTUAL`` pairs or fewer.
     """
     m, n = score.shape
     dro_best = score.argmax(dim=0)
@@ -202,7 +203,7 @@ def stream1_loss(
     mutual_match: bool,
     keep_neg: bool,
     distill_w: float,
-    match_on: str = "plan",
+    match_on: str = "similarity",
     idt_w: float,
     lambda_A: float,
     lambda_B: float,
@@ -220,7 +221,9 @@ def stream1_loss(
           + feat_w · ‖n(enc_ba) − n(enc_b)‖²  (mean)                         latent cycle
           + λ_moe · L_bal                                                    expert load balance
 
-    ``|·|₁`` and ``‖·‖²`` are element means. Targets come from ``sinkhorn(S, ε)`` on detached codes.
+    ``|·|₁`` and ``‖·‖²`` are element means. Targets come from ``sinkhorn(S, ε)`` on detached codes;
+    the distilled rows are the reliable ones of :func:`reliable_matches` on ``S`` (``match_on="plan"``:
+    on the plan).
     With ``targets`` given (true-pair distributions from :func:`label_match_targets`) they replace
     the Sinkhorn labels and every row with a positive is used (the supervised upper bound).
     ``sat_labels``/``dro_labels`` only feed the pseudo-label accuracy that is logged.
@@ -233,6 +236,8 @@ def stream1_loss(
         if targets is None:
             plan = sinkhorn(sim_d, eps, iters)
             q_s2d, q_d2s = soft_pseudo_labels(plan, label_smoothing)
+            if match_on not in ("similarity", "plan"):
+                raise ValueError(f"match_on must be 'similarity' or 'plan', got {match_on!r}")
             score = plan if match_on == "plan" else sim_d
             matches = reliable_matches(score, sim_d, pseudo_thr, mutual_match)
         else:

@@ -248,7 +248,32 @@ def run_alignment(
             f"descriptor dimensions differ between views {dims}; align entries of the same backbone and layers"
         )
 
-    params = {"isms": asdict(cfg.align.isms), "stream1_layer": s1_layer, "params": cfg.align.params}
+    # The trainers' full configurations (the given align.params on top of the defaults) go into the
+    # key, so that a change of a default trains afresh instead of reusing entries trained under the
+    # old one.
+    in_dim = train["sat"].tensors[s1_layer].shape[1]
+    s1cfg = ecfg = None
+    if method in ("geoalign", "fusion", "supervised"):
+        from align.geoalign import Stream1Config
+
+        s1cfg = _dataclass_from_params(
+            Stream1Config, cfg.align.params, **_adapter_dims(in_dim, cfg.align.params, 2 * in_dim)
+        )
+    if method == "emcvgl":
+        from align.baselines import EMCVGLConfig
+
+        ecfg = _dataclass_from_params(
+            EMCVGLConfig,
+            cfg.align.params,
+            out_dim=in_dim,
+            vec_dim=max(2 * in_dim, 8) if in_dim != 1280 else 2048,
+        )
+    resolved = asdict(s1cfg) if s1cfg is not None else asdict(ecfg) if ecfg is not None else None
+    params = {
+        "isms": asdict(cfg.align.isms),
+        "stream1_layer": s1_layer,
+        **({"params": cfg.align.params} if resolved is None else {"resolved": resolved}),
+    }
     run_spec = {
         "method": method,
         "params": params,
@@ -338,14 +363,10 @@ def run_alignment(
         ).cpu()
 
     if method in ("geoalign", "fusion", "supervised"):
-        from align.geoalign import Stream1Config
         from align.geoalign_release import export_stream1
         from align.train_stream1 import train_stream1
 
-        in_dim = train["sat"].tensors[s1_layer].shape[1]
-        s1cfg = _dataclass_from_params(
-            Stream1Config, cfg.align.params, **_adapter_dims(in_dim, cfg.align.params, 2 * in_dim)
-        )
+        assert s1cfg is not None
         state = _StateFile(model_dir, "stream1", history)
         common = dict(
             seed=cfg.seed,
@@ -376,15 +397,9 @@ def run_alignment(
         encoders["stream1"] = lambda vd, r: s1.describe(vd.tensors[s1_layer].to(device), r).cpu()
 
     if method == "emcvgl":
-        from align.baselines import EMCVGLConfig, train_emcvgl
+        from align.baselines import train_emcvgl
 
-        in_dim = train["sat"].tensors[s1_layer].shape[1]
-        ecfg = _dataclass_from_params(
-            EMCVGLConfig,
-            cfg.align.params,
-            out_dim=in_dim,
-            vec_dim=max(2 * in_dim, 8) if in_dim != 1280 else 2048,
-        )
+        assert ecfg is not None
         state = _StateFile(model_dir, "emcvgl", history)
         em, _ = train_emcvgl(
             train["sat"].tensors[s1_layer],

@@ -242,12 +242,19 @@ def fit(
     return history
 
 
+def curriculum_span(fraction: float, epochs: int) -> int:
+    """Epochs over which ε anneals: ``⌈fraction · epochs⌉``, at least 2 when there are 2 epochs or more
+    (a span of 1 would skip the curriculum, ε at its end value from epoch 0)."""
+    span = math.ceil(round(fraction * epochs, 9))  # round: 0.3 · 10 is 3.0000000000000004
+    return max(span, 2) if epochs >= 2 else 1
+
+
 def stream1_batch_loss(cfg: Stream1Config) -> BatchLoss:
     """The OTCA/DAMO objective of :func:`align.losses.stream1_loss` bound to ``cfg``."""
 
     def batch_loss(model, scale, sat_b, dro_b, sl, dl, epoch):
         out = model.train_forward(sat_b, dro_b)
-        span = max(1, round(cfg.curriculum_fraction * cfg.epochs))
+        span = curriculum_span(cfg.curriculum_fraction, cfg.epochs)
         eps = curriculum_eps(epoch, span, cfg.sinkhorn_eps_start, cfg.sinkhorn_eps_end)
         # Student temperature follows the curriculum (see Stream1Config.student_temp_ratio); the
         # learnable logit scale is for the InfoNCE baselines only.

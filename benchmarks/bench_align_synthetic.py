@@ -352,7 +352,11 @@ def main() -> None:
     )
     ap.add_argument("--emcvgl-params", default=None, help="JSON: align.params for emcvgl")
     ap.add_argument("--supervised-params", default=None, help="JSON: align.params for supervised")
-    ap.add_argument("--release-params", action="store_true", help="the releases' values, not SELECTED")
+    ap.add_argument(
+        "--release-params",
+        action="store_true",
+        help="the releases' config values (lr, dro_num, …), not SELECTED; open-point choices keep their defaults",
+    )
     ap.add_argument(
         "--select", action="store_true", help="choose align.params among CANDIDATES on a validation split"
     )

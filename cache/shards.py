@@ -3,7 +3,7 @@
 Layout of ``shard-00000.h5`` (readable with plain h5py):
     descriptors  [n, *shape]  float16|float32, contiguous (a shard is the unit of I/O: read whole,
                               contiguous storage reads at plain-file speed, chunked storage 2-3× slower)
-    labels       [n]          int64 (-1 = junk / unknown)
+    labels       [n]          int64 (-1 = junk / unknown, -2 = distractor: matches no query)
     names        [n]          utf-8 strings, paths relative to the dataset root
     attrs        key, shard_index, row_start, row_end, descriptors_sum64, labels_sum64, names_sha256
 A shard is written to a temporary name, fsynced, then renamed: a file with the final name is

@@ -57,11 +57,13 @@ class RunFolder:
     """The output folder of one command (``out=DIR``, default ``runs/<stage>-<timestamp>``)."""
 
     def __init__(self, cfg: Config, stage: str, *, cache_root: Path | None = None) -> None:
-        # Under torchrun every rank runs the command; only rank 0 keeps a run folder. The others
-        # write theirs to a private temporary folder that finish()/fail() delete.
+        # Under torchrun (RANK and WORLD_SIZE > 1 set) every rank runs the command; only rank 0 keeps
+        # a run folder. The others write theirs to a private temporary folder that finish() deletes
+        # (fail() keeps it, with the error in its run.json).
         rank = os.environ.get("RANK", "0")
-        self._scratch = rank not in ("", "0")
-        if self._scratch:
+        world = os.environ.get("WORLD_SIZE", "1")
+        self.scratch = rank not in ("", "0") and world.isdigit() and int(world) > 1
+        if self.scratch:
             path = Path(tempfile.mkdtemp(prefix=f"pipeline-run-rank{rank}-"))
         elif cfg.out:
             path = Path(cfg.out)
@@ -106,10 +108,9 @@ class RunFolder:
         self.info["status"] = "failed"
         self.info["error"] = message
         self._save()
-        self._drop_scratch()
 
     def _drop_scratch(self) -> None:
-        if self._scratch:
+        if self.scratch:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def _save(self) -> None:

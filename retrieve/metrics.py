@@ -23,8 +23,9 @@ score, with two tie rules: a negative whose score *equals* the positive's does n
 the query's favour), and positives with equal scores take consecutive ranks. On tie-free data this is
 exactly the reference's full-sort ranking; on ties the reference's order is arbitrary (argsort), so no
 rule can match it there. Under ``cvft`` "strictly smaller distance" is the same as "strictly greater
-score" because ``2 - 2s`` is strictly decreasing in ``s``. A query labelled -1 has no positives (junk is
-never a match; the baseline script would crash on it). The top-K list excludes junk, is ordered by score
+score" because ``2 - 2s`` is strictly decreasing in ``s``. A query with a negative label has no positives:
+-1 (junk is never a match; the baseline script would crash on it) or -2 (a distractor, which matches
+nothing; gallery distractors are ranked as ordinary negatives). The top-K list excludes junk, is ordered by score
 and then by gallery row; which of several items tied at the K-th place makes the list is unspecified.
 
 How it is computed (no per-query sort, and the gallery never needs to be in memory at once):
@@ -464,8 +465,9 @@ class _Evaluation:
         g_sorted = chunk.labels[g_order]
         lo = np.searchsorted(g_sorted, self._ql_sorted, side="left")
         hi = np.searchsorted(g_sorted, self._ql_sorted, side="right")
-        # A query labelled -1 has no positives (junk rows are already gone, so its run is empty).
-        cnt = hi - lo
+        # A query with a negative label has no positives: -1 (junk rows are already gone, so its run
+        # is empty) and -2 (a distractor; it matches no other distractor).
+        cnt = np.where(self._ql_sorted < 0, 0, hi - lo)
         total = int(cnt.sum())
         q_idx = np.repeat(self._ql_order, cnt)
         run_start = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)

@@ -291,13 +291,13 @@ def write_html_report(
 def correct_matrix(
     topk: np.ndarray, q_labels: np.ndarray | None, g_labels: np.ndarray | None, protocol: str
 ) -> np.ndarray:
-    """bool [n_q, K]: is each top-K item a true match (same label, not junk; cvft: gallery row == query row)."""
+    """bool [n_q, K]: is each top-K item a true match (same label, not junk or distractor; cvft: row == row)."""
     topk = np.asarray(topk, dtype=np.int64)
     valid = topk >= 0
     if protocol == "cvft" or q_labels is None or g_labels is None:
         return valid & (topk == np.arange(topk.shape[0])[:, None])
     gl = np.asarray(g_labels)[np.where(valid, topk, 0)]
-    return valid & (gl == np.asarray(q_labels)[:, None]) & (gl != -1)
+    return valid & (gl == np.asarray(q_labels)[:, None]) & (gl >= 0)  # -1 junk, -2 distractor
 
 
 def curves_for(

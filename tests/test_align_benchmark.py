@@ -25,8 +25,8 @@ def test_benchmark_ranks_stream1_above_raw_and_emcvgl_below_supervised(tmp_path)
         str(ROOT / "benchmarks" / "bench_align_synthetic.py"),
         "--tiny",
         "--methods", "geoalign", "emcvgl", "supervised",
-        "--stream1-params", json.dumps({"lr": 2e-3, "dro_num": 2, "epochs": 100}),
-        "--supervised-params", json.dumps({"lr": 1e-3, "epochs": 100}),
+        "--stream1-params", json.dumps({"lr": 2e-3, "dro_num": 2, "epochs": 150}),
+        "--supervised-params", json.dumps({"lr": 1e-3, "epochs": 150}),
         "--workdir", str(tmp_path / "work"),
         "--json", str(out),
         "--table-only",
@@ -37,6 +37,7 @@ def test_benchmark_ranks_stream1_above_raw_and_emcvgl_below_supervised(tmp_path)
     res = json.loads(out.read_text())
     r1 = {name: row["R@1"] for name, row in res["rows"].items()}
     assert set(r1) == {"raw", "oracle", "geoalign", "emcvgl", "supervised"}
+    # at the time of writing: raw 38.5, EM-CVGL 36.7, stream 1 46.3, supervised 58.1, oracle 99.6
     assert r1["geoalign"] >= r1["raw"] + 3.0, r1
     assert r1["geoalign"] >= r1["emcvgl"] + 3.0, r1
     assert r1["raw"] + 3.0 <= r1["supervised"] <= r1["oracle"], r1

@@ -163,6 +163,21 @@ def test_fusion_is_normalized_concat_of_stream1_and_isms_and_export_loads(tmp_pa
         assert torch.allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "method,default", [("geoalign", {"match_on": "similarity"}), ("emcvgl", {"init": "isometric"})]
+)
+def test_key_follows_the_trainer_config_not_the_spelling_of_params(tmp_path, method, default):
+    """Spelling out a default gives the same entries; changing it gives new ones. The key covers the
+    resolved trainer config, so entries trained under an older default are never reused."""
+    store = make_store(tmp_path / "cache")
+    out, _ = align(config(method, tmp_path / "r1"), store)
+    same, _ = align(config(method, tmp_path / "r2", params={**EPOCHS, **default}), store)
+    assert [a.key for a in same] == [a.key for a in out] and all(a.reused for a in same)
+    flipped = {k: {"similarity": "plan", "isometric": "default"}[v] for k, v in default.items()}
+    other, _ = align(config(method, tmp_path / "r3", params={**EPOCHS, **flipped}), store)
+    assert not any(a.reused for a in other) and {a.key for a in other}.isdisjoint(a.key for a in out)
+
+
 # ------------------------------------------------------------------------------------- determinism
 
 

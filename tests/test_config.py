@@ -66,22 +66,32 @@ def test_shipped_configs_resolve_from_any_directory(tmp_path, monkeypatch):
 def test_only_rank_zero_keeps_a_run_folder_under_torchrun(tmp_path, monkeypatch):
     """`torchrun … -m pipeline extract` runs the command once per rank: one run folder, not one per rank."""
     import json
+    import shutil
 
     from configs.run import RunFolder
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, [])
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     other = RunFolder(cfg, "extract")
     other.record_keys({"a": "b" * 64})
-    assert other.path.is_dir() and not other.path.is_relative_to(tmp_path)
+    assert other.scratch and other.path.is_dir() and not other.path.is_relative_to(tmp_path)
     other.finish()
     assert not other.path.exists() and not (tmp_path / "runs").exists()
     failed = RunFolder(cfg, "extract")
-    failed.fail("boom")
-    assert not failed.path.exists()
+    failed.fail("boom")  # a failing rank keeps its record
+    assert json.loads((failed.path / "run.json").read_text())["error"] == "boom"
+    shutil.rmtree(failed.path)
     monkeypatch.setenv("RANK", "0")
     leader = RunFolder(cfg, "extract")
     leader.finish()
+    assert not leader.scratch
     assert json.loads((leader.path / "run.json").read_text())["status"] == "complete"
-    assert len(list((tmp_path / "runs").iterdir())) == 1
+    # RANK without a multi-process WORLD_SIZE (a scheduler's variable, not torchrun): a normal folder
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    alone = RunFolder(cfg, "extract")
+    alone.finish()
+    assert not alone.scratch and alone.path.exists()
+    assert len(list((tmp_path / "runs").iterdir())) == 2

@@ -312,3 +312,15 @@ def test_distractor_lists_get_their_own_cache_key(tmp_path: Path):
     assert "distractors" in specs["distractor"]["images"]
     assert specs["distractor"] != specs["junk"]
     assert specs["junk"] == specs["other"]  # unchanged scheme: the key is what it always was
+
+
+def test_a_distractor_query_matches_nothing():
+    from extract.datasets import DISTRACTOR
+    from retrieve.metrics import evaluate
+
+    q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    g = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    m, res = evaluate(
+        q, np.array([DISTRACTOR, 7]), g, np.array([DISTRACTOR, 7, DISTRACTOR]), "u1652", ks=(1,), topk=2
+    )
+    assert m["R@1"] == 50.0 and res.first_rank.tolist() == [-1, 0]

@@ -454,3 +454,11 @@ def test_reliability_runs_on_the_chosen_score():
     assert shares["similarity"] != shares["plan"]
     with pytest.raises(UserError, match="match_on"):
         Stream1Config(match_on="both")
+
+
+def test_curriculum_span_never_skips_the_curriculum():
+    from align.train_stream1 import curriculum_span
+
+    assert curriculum_span(0.3, 300) == 90 and curriculum_span(0.3, 10) == 3
+    assert curriculum_span(0.3, 4) == 2 and curriculum_span(0.3, 2) == 2 and curriculum_span(0.3, 1) == 1
+    assert curriculum_span(1.0, 7) == 7 and curriculum_span(0.5, 5) == 3
