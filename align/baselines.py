@@ -26,7 +26,7 @@ from align.losses import (
     pseudo_label_accuracy,
     stream1_loss,
 )
-from align.train_stream1 import DrawDrones, OnEpoch, SaveState, check_inputs, fit, uniform_drones
+from align.train_stream1 import DrawDrones, OnEpoch, SaveState, build_and_fit, check_inputs, uniform_drones
 from configs.errors import UserError
 
 
@@ -162,27 +162,23 @@ def train_emcvgl(
         out_dim=int(sat.shape[1]) if isinstance(sat, torch.Tensor) and sat.ndim == 2 else 1280
     )
     sat, dro, sat_labels, dro_labels = check_inputs(sat, dro, cfg.out_dim, sat_labels, dro_labels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = EMCVGLAdapter(cfg).to(device)
-        history = fit(
-            method="emcvgl",
-            model=model,
-            cfg=cfg,
-            batch_loss=_emcvgl_batch_loss(cfg),
-            draw_drones=uniform_drones(dro.shape[0], cfg.dro_num),
-            sat=sat,
-            dro=dro,
-            seed=seed,
-            device=device,
-            sat_labels=sat_labels,
-            dro_labels=dro_labels,
-            on_epoch=on_epoch,
-            state=state,
-            checkpoint_every=checkpoint_every,
-            save_state=save_state,
-        )
-    return model, history
+    return build_and_fit(
+        lambda: EMCVGLAdapter(cfg),
+        method="emcvgl",
+        cfg=cfg,
+        batch_loss=_emcvgl_batch_loss(cfg),
+        draw_drones=uniform_drones(dro.shape[0], cfg.dro_num),
+        sat=sat,
+        dro=dro,
+        seed=seed,
+        device=device,
+        sat_labels=sat_labels,
+        dro_labels=dro_labels,
+        on_epoch=on_epoch,
+        state=state,
+        checkpoint_every=checkpoint_every,
+        save_state=save_state,
+    )
 
 
 def paired_drones(sat_labels: torch.Tensor, dro_labels: torch.Tensor, per_sat: int) -> DrawDrones:
@@ -261,27 +257,23 @@ def train_supervised(
             targets=label_match_targets(sl, dl),
         )
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = GeoAlignStream1(cfg).to(device)
-        history = fit(
-            method="geoalign_stream1_supervised",
-            model=model,
-            cfg=cfg,
-            batch_loss=batch_loss,
-            draw_drones=paired_drones(sat_labels, dro_labels, cfg.dro_num),
-            sat=sat,
-            dro=dro,
-            seed=seed,
-            device=device,
-            sat_labels=sat_labels,
-            dro_labels=dro_labels,
-            on_epoch=on_epoch,
-            state=state,
-            checkpoint_every=checkpoint_every,
-            save_state=save_state,
-        )
-    return model, history
+    return build_and_fit(
+        lambda: GeoAlignStream1(cfg),
+        method="geoalign_stream1_supervised",
+        cfg=cfg,
+        batch_loss=batch_loss,
+        draw_drones=paired_drones(sat_labels, dro_labels, cfg.dro_num),
+        sat=sat,
+        dro=dro,
+        seed=seed,
+        device=device,
+        sat_labels=sat_labels,
+        dro_labels=dro_labels,
+        on_epoch=on_epoch,
+        state=state,
+        checkpoint_every=checkpoint_every,
+        save_state=save_state,
+    )
 
 
 def emcvgl_config_dict(model: EMCVGLAdapter) -> dict[str, Any]:

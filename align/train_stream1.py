@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -249,6 +249,22 @@ def curriculum_span(fraction: float, epochs: int) -> int:
     return max(span, 2) if epochs >= 2 else 1
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
+def build_and_fit(
+    build: Callable[[], M], *, device: str, seed: int, **fit_kw: Any
+) -> tuple[M, list[dict[str, float]]]:
+    """Build a model and train it with :func:`fit`, both under a torch RNG forked and seeded by ``seed``
+    (the caller's RNG is untouched; the same seed gives the same initialization and the same run).
+    Returns the eval-mode model and the per-epoch history."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build().to(device)
+        history = fit(model=model, device=device, seed=seed, **fit_kw)
+    return model, history
+
+
 def stream1_batch_loss(cfg: Stream1Config) -> BatchLoss:
     """The OTCA/DAMO objective of :func:`align.losses.stream1_loss` bound to ``cfg``."""
 
@@ -308,24 +324,20 @@ def train_stream1(
     """
     cfg = cfg or Stream1Config()
     sat, dro, sat_labels, dro_labels = check_inputs(sat, dro, cfg.out_dim, sat_labels, dro_labels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = GeoAlignStream1(cfg).to(device)
-        history = fit(
-            method="geoalign_stream1",
-            model=model,
-            cfg=cfg,
-            batch_loss=stream1_batch_loss(cfg),
-            draw_drones=uniform_drones(dro.shape[0], cfg.dro_num),
-            sat=sat,
-            dro=dro,
-            seed=seed,
-            device=device,
-            sat_labels=sat_labels,
-            dro_labels=dro_labels,
-            on_epoch=on_epoch,
-            state=state,
-            checkpoint_every=checkpoint_every,
-            save_state=save_state,
-        )
-    return model, history
+    return build_and_fit(
+        lambda: GeoAlignStream1(cfg),
+        method="geoalign_stream1",
+        cfg=cfg,
+        batch_loss=stream1_batch_loss(cfg),
+        draw_drones=uniform_drones(dro.shape[0], cfg.dro_num),
+        sat=sat,
+        dro=dro,
+        seed=seed,
+        device=device,
+        sat_labels=sat_labels,
+        dro_labels=dro_labels,
+        on_epoch=on_epoch,
+        state=state,
+        checkpoint_every=checkpoint_every,
+        save_state=save_state,
+    )

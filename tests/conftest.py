@@ -18,3 +18,15 @@ def cache_dir(tmp_path, monkeypatch):
     d = tmp_path / "cache"
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(d))
     return d
+
+
+@pytest.fixture()
+def one_thread():
+    """Torch on one thread for the test: small ops on a shared 2-core machine run far faster without
+    OpenMP spin-waiting. Files of small-tensor tests use it with ``pytestmark``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

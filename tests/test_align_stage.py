@@ -49,12 +49,8 @@ EPOCHS = {"epochs": 4}
 METHODS = ("isms", "geoalign", "fusion", "emcvgl", "supervised")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors; also the CLI subprocess runs with OMP_NUM_THREADS=1
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: one torch thread (conftest.py); the CLI subprocesses run with OMP_NUM_THREADS=1
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_store(root: Path, *, train: bool = True, dim: int = DIM, labels: bool = True) -> CacheStore:

@@ -27,14 +27,7 @@ from align.train_cvft import CVFTConfig, encode_aerial, encode_ground, epoch_ord
 from configs.errors import UserError
 from extract.synthetic_cvusa import make_synthetic_cvusa, polar_sample_coords
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small ops on a shared 2-core machine run far faster single-threaded (no OpenMP spinning).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # ------------------------------------------------------------------------------------ model shapes

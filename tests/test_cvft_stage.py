@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from align.runner import run_alignment
 from cache.store import CacheStore
@@ -11,13 +10,7 @@ from configs.run import RunFolder
 from configs.schema import load_config
 from retrieve.runner import run_retrieval
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _maps(store, n=48, n_aerial=None, seed=0, channels=8):

@@ -17,13 +17,7 @@ from configs.errors import UserError
 SMALL = dict(out_dim=32, vec_dim=64, num_experts=4, top_k=2, num_chunks=8, nhead=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def randomized(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:

@@ -31,12 +31,7 @@ C = VEC // CHUNKS
 BACKBONE = "dinov3_vith16plus"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def release_shapes() -> dict[str, tuple[int, ...]]:

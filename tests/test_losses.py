@@ -21,14 +21,7 @@ from align.losses import (
     stream1_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def cosine_scores(m: int, n: int, seed: int = 0) -> torch.Tensor:

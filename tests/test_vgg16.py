@@ -26,13 +26,7 @@ TV_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256)
 POOL_AFTER = {2, 7, 14, 21, 28}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small ops on a shared 2-core machine run far faster single-threaded (no OpenMP spinning).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def random_torchvision_state(seed: int = 1) -> dict[str, torch.Tensor]:
