@@ -1,6 +1,6 @@
 """GeoAlign alignment: CPU timing at University-1652 size, and a cross-check against GeoAlign's evaluate.py.
 
-python benchmarks/bench_align.py time [--epochs 3] [--isms-epochs 1] [--threads N]
+python benchmarks/bench_align.py time [--epochs 3] [--isms-epochs 1] [--threads N] [--device cuda]
     Stream 1 (release config) on 701 satellite + 37,854 drone random 1280-d descriptors and ISMS
     on the 2560-d concatenation of two layers for all 38,555 images. Times a few epochs and
     extrapolates to the release schedules (300 stream-1 epochs, ISMSConfig.epochs ISMS epochs).
@@ -54,10 +54,17 @@ def bench_time(args: argparse.Namespace) -> dict:
     sat = F.normalize(torch.randn(n_sat, dim, generator=g), dim=-1)
     dro = F.normalize(torch.randn(n_dro, dim, generator=g), dim=-1)
     cfg = Stream1Config()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def now() -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     stamps: list[float] = []
-    t0 = time.perf_counter()
+    t0 = now()
     train_stream1(
-        sat, dro, cfg.replace(epochs=args.epochs), on_epoch=lambda e, s: stamps.append(time.perf_counter())
+        sat, dro, cfg.replace(epochs=args.epochs), device=device, on_epoch=lambda e, s: stamps.append(now())
     )
     per_epoch = [b - a for a, b in zip([t0] + stamps[:-1], stamps)]
     # The first epoch carries allocator warm-up; extrapolate from the rest when there is a rest.
@@ -69,16 +76,18 @@ def bench_time(args: argparse.Namespace) -> dict:
         [torch.randn(n_sat + n_dro, dim, generator=g), torch.randn(n_sat + n_dro, dim, generator=g)]
     )
     istamps: list[float] = []
-    t1 = time.perf_counter()
+    t1 = now()
     train_isms(
         x,
         ISMSConfig(**{**icfg.__dict__, "epochs": args.isms_epochs}),
-        on_epoch=lambda e, s: istamps.append(time.perf_counter()),
+        device=device,
+        on_epoch=lambda e, s: istamps.append(now()),
     )
     i_epoch = [b - a for a, b in zip([t1] + istamps[:-1], istamps)]
     i_steady = i_epoch[1:] or i_epoch
     isms_epoch = sum(i_steady) / len(i_steady)
     out = {
+        "device": device,
         "threads": torch.get_num_threads(),
         "load_avg_1m": os.getloadavg()[0],
         "stream1_epochs_timed": args.epochs,
@@ -90,7 +99,7 @@ def bench_time(args: argparse.Namespace) -> dict:
         "isms_epochs_full": icfg.epochs,
     }
     out["total_min"] = out["stream1_300_epochs_min"] + out["isms_full_min"]
-    out.update(work_bound(cfg, icfg, n_sat, n_rows=n_sat + n_dro))
+    out.update(work_bound(cfg, icfg, n_sat, n_rows=n_sat + n_dro, device=device))
     return out
 
 
@@ -103,38 +112,44 @@ def step_flops(fn) -> float:
     return float(fc.get_total_flops())
 
 
-def matmul_gflops(m: int, k: int, n: int, repeat: int = 5) -> float:
-    """Best-of-``repeat`` float32 ``[m,k] @ [k,n]`` throughput (GFLOP/s) at the current thread count."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+def matmul_gflops(m: int, k: int, n: int, repeat: int = 5, device: str = "cpu") -> float:
+    """Best-of-``repeat`` float32 ``[m,k] @ [k,n]`` throughput (GFLOP/s) on ``device`` (CPU: at the
+    current thread count; CUDA: with TF32 as torch's default leaves it, i.e. off for matmul)."""
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    cuda = device.startswith("cuda")
     a @ b
     best = math.inf
     for _ in range(repeat):
+        if cuda:
+            torch.cuda.synchronize()
         t = time.perf_counter()
         a @ b
+        if cuda:
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return 2 * m * k * n / best / 1e9
 
 
-def work_bound(cfg: Stream1Config, icfg: ISMSConfig, n_sat: int, n_rows: int) -> dict:
+def work_bound(cfg: Stream1Config, icfg: ISMSConfig, n_sat: int, n_rows: int, device: str = "cpu") -> dict:
     """Work of the whole schedule and the least time it can take at this machine's matmul speed."""
     from align.isms import isms_loss
     from align.train_stream1 import stream1_batch_loss
 
     torch.manual_seed(0)
-    model = GeoAlignStream1(cfg).train()
-    sat = F.normalize(torch.randn(n_sat, cfg.out_dim), dim=-1)
-    dro = F.normalize(torch.randn(n_sat * cfg.dro_num, cfg.out_dim), dim=-1)
+    model = GeoAlignStream1(cfg).train().to(device)
+    sat = F.normalize(torch.randn(n_sat, cfg.out_dim, device=device), dim=-1)
+    dro = F.normalize(torch.randn(n_sat * cfg.dro_num, cfg.out_dim, device=device), dim=-1)
     loss_fn = stream1_batch_loss(cfg)
     s1 = step_flops(lambda: loss_fn(model, None, sat, dro, None, None, 0)[0].backward())
-    isms = ISMS(2 * cfg.out_dim, icfg.out_dim).train()
-    xb = torch.randn(icfg.batch_size, 2 * cfg.out_dim)
+    isms = ISMS(2 * cfg.out_dim, icfg.out_dim).train().to(device)
+    xb = torch.randn(icfg.batch_size, 2 * cfg.out_dim, device=device)
     i1 = step_flops(lambda: isms_loss(isms, xb, icfg.w_decor)[0].backward())
     isms_steps = math.ceil(n_rows / icfg.batch_size) * icfg.epochs
     s1_steps = max(1, n_sat // min(cfg.batch_size, n_sat)) * cfg.epochs
     # the dominant matmul shapes: the experts' vec→vec projection and ISMS's 2560→1280 encoder
     peak = max(
-        matmul_gflops(n_sat, cfg.vec_dim, cfg.vec_dim),
-        matmul_gflops(icfg.batch_size, 2 * cfg.out_dim, icfg.out_dim),
+        matmul_gflops(n_sat, cfg.vec_dim, cfg.vec_dim, device=device),
+        matmul_gflops(icfg.batch_size, 2 * cfg.out_dim, icfg.out_dim, device=device),
     )
     total = s1 * s1_steps + i1 * isms_steps
     return {
@@ -303,6 +318,7 @@ def main() -> None:
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--isms-epochs", type=int, default=2)
     t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     v = sub.add_parser("verify-release")
     v.add_argument("--geoalign", required=True, help="a checkout of JZLhope/GeoAlign (outside this repo)")
     v.add_argument("--workdir", required=True, help="scratch folder (outside this repo)")
