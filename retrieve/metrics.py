@@ -438,6 +438,8 @@ class _Evaluation:
             self.chunk_sizes.append(n_rows)
             self.chunk_labels.append(lab)
         rows = np.arange(offset, offset + n_rows, dtype=np.int64)
+        if self.protocol == "cvft" and lab is not None and self.ql is not None and not second_pass:
+            self._check_cvft_pairs(rows, lab)
         if self.protocol != "cvft" and n_rows:
             keep = lab != JUNK_LABEL
             if not keep.all():
@@ -451,6 +453,23 @@ class _Evaluation:
             self.n_kept += chunk.n_kept
             self.n_pos += np.bincount(chunk.pair_q, minlength=self.n_q)
         return chunk
+
+    def _check_cvft_pairs(self, rows: np.ndarray, lab: np.ndarray) -> None:
+        """Under cvft, row i of both sides must be the same pair: where both sides carry a label (pair
+        ids, as the CVUSA/CVACT readers give), they must agree row by row. An image left out on one
+        side (``--skip-bad``) shifts every later row and would otherwise score silently wrong pairs."""
+        assert self.ql is not None
+        inside = rows < self.n_q
+        q_lab, g_lab = self.ql[rows[inside]], lab[inside]
+        bad = np.flatnonzero((q_lab >= 0) & (g_lab >= 0) & (q_lab != g_lab))
+        if bad.size:
+            r = int(rows[inside][bad[0]])
+            raise UserError(
+                f"protocol 'cvft' pairs query i with gallery item i, but row {r} holds pair {int(self.ql[r])} "
+                f"on the query side and pair {int(lab[inside][bad[0]])} in the gallery ({bad.size} rows differ in "
+                "this chunk; an image left out on one side, e.g. by --skip-bad?); extract both views with the "
+                "same images"
+            )
 
     def positive_pairs(self, chunk: _Chunk) -> tuple[np.ndarray, np.ndarray]:
         """(query index, kept-column index) of every positive pair in ``chunk``, sorted by query."""

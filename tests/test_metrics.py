@@ -518,3 +518,18 @@ def test_streaming_misuse_raises_user_error():
         evaluate_streaming(q, ql, lambda: iter([g, g]), "u1652", topk=1)
     with pytest.raises(UserError, match="chunk 1.*dimension 2"):
         evaluate_streaming(q, ql, lambda: iter([(g, gl), (g[:, :2], gl)]), "u1652", topk=1)
+
+
+def test_cvft_refuses_rows_that_are_not_the_same_pair():
+    """With pair ids on both sides, a row shift (an image skipped on one side) is an error, not a score."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((5, 4)).astype(np.float32)
+    g = rng.standard_normal((5, 4)).astype(np.float32)
+    ids = np.arange(5)
+    m, _ = evaluate(q, ids, g, ids, "cvft", ks=(1,), topk=1)  # aligned: fine
+    assert 0.0 <= m["R@1"] <= 100.0
+    shifted = np.array([0, 1, 3, 4, 5])  # pair 2 missing in the gallery, pair 5 from elsewhere
+    with pytest.raises(UserError, match="row 2 holds pair 2 on the query side and pair 3"):
+        evaluate(q, ids, g, shifted, "cvft", ks=(1,), topk=1)
+    unknown = np.full(5, -1)  # no pair ids: nothing to check, position decides
+    evaluate(q, ids, g, unknown, "cvft", ks=(1,), topk=1)
