@@ -1,4 +1,4 @@
-"""GeoAlign alignment: CPU timing at University-1652 size, and a cross-check against GeoAlign's evaluate.py.
+"""GeoAlign alignment: timing at University-1652 size (CPU by default, --device cuda), and a cross-check against GeoAlign's evaluate.py.
 
 python benchmarks/bench_align.py time [--epochs 3] [--isms-epochs 1] [--threads N] [--device cuda]
     Stream 1 (release config) on 701 satellite + 37,854 drone random 1280-d descriptors and ISMS
@@ -54,7 +54,11 @@ def bench_time(args: argparse.Namespace) -> dict:
     sat = F.normalize(torch.randn(n_sat, dim, generator=g), dim=-1)
     dro = F.normalize(torch.randn(n_dro, dim, generator=g), dim=-1)
     cfg = Stream1Config()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            "--device cuda: this torch sees no CUDA device; run on a GPU machine or use --device cpu"
+        )
 
     def now() -> float:
         if device.startswith("cuda"):
@@ -318,7 +322,7 @@ def main() -> None:
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--isms-epochs", type=int, default=2)
     t.add_argument("--threads", type=int, default=0)
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default cpu)")
     v = sub.add_parser("verify-release")
     v.add_argument("--geoalign", required=True, help="a checkout of JZLhope/GeoAlign (outside this repo)")
     v.add_argument("--workdir", required=True, help="scratch folder (outside this repo)")

@@ -10,7 +10,8 @@ Protocols (see REFERENCE.md, "Metric protocols"):
 * ``geoalign`` -- as ``u1652`` but AP = mean over positives of ``(i + 1) / (r_i + 1)``.
 * ``cvft`` -- one-to-one pairs: query i's true match is gallery i; its rank is the number of gallery items
   with a strictly smaller distance ``2 - 2 * score``; R@K = share of queries with rank < K;
-  R@1% = share with rank < int(0.01 * G). Labels are not used (no junk) and there is no AP.
+  R@1% = share with rank < int(0.01 * G). Labels do not define matches (no junk) and there is no AP;
+  where both sides carry pair ids (labels >= 0), row i must hold the same id on both, else it is an error.
 
 Under every protocol a query without any positive counts in the denominator but adds nothing, all
 averages divide by the number of queries, ``G`` is the number of gallery items as given (junk included,

@@ -336,7 +336,7 @@ def test_hand_computed_cvft():
     assert res.first_rank.tolist() == [0, 0, 1]
     assert res.topk.tolist() == [[0, 2, 1], [1, 2, 0], [0, 2, 1]]
     assert np.isnan(res.ap).all() and res.n_positives.tolist() == [1, 1, 1]
-    # Labels are ignored under cvft, junk included.
+    # Labels do not define matches under cvft (junk included); only agreeing pair ids are checked.
     metrics2, res2 = evaluate(q, np.array([-1, -1, 5]), g, np.array([-1, 3, -1]), "cvft", ks=(1, 2), topk=3)
     assert metrics2 == metrics and res2.first_rank.tolist() == [0, 0, 1]
 
@@ -533,3 +533,7 @@ def test_cvft_refuses_rows_that_are_not_the_same_pair():
         evaluate(q, ids, g, shifted, "cvft", ks=(1,), topk=1)
     unknown = np.full(5, -1)  # no pair ids: nothing to check, position decides
     evaluate(q, ids, g, unknown, "cvft", ks=(1,), topk=1)
+    # streamed in chunks: the error names the row in the whole gallery
+    chunks = [(g[:2], ids[:2]), (g[2:4], np.array([2, 9])), (g[4:], ids[4:])]
+    with pytest.raises(UserError, match="row 3 holds pair 3 on the query side and pair 9"):
+        evaluate_streaming(q, ids, lambda: iter(chunks), "cvft", ks=(1,), topk=1)
