@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -145,13 +146,25 @@ def _report_extract(entries) -> None:
 
 
 def _run_stage(stage: str, cfg, fn):
+    """Run one stage inside a run folder and progress bars; a failure marks the run folder failed."""
     from configs.run import RunFolder
 
     store = _store()
     run = RunFolder(cfg, stage, cache_root=store.root)
     try:
         with Reporter(STATE.quiet) as reporter:
-            result = fn(cfg, store, run, reporter)
+            try:
+                result = fn(cfg, store, run, reporter)
+            except BaseException:
+                # The error must be the only thing on stderr. Progress.stop() would render the bars
+                # once more into a file or pipe and add a blank line after them; stopping its live
+                # display as transient instead erases the bars on a terminal and prints nothing
+                # elsewhere.
+                progress, reporter.progress = reporter.progress, None
+                if progress is not None:
+                    progress.live.transient = True
+                    progress.live.stop()
+                raise
     except BaseException as e:
         run.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
@@ -272,6 +285,39 @@ def run(
 
     m = _run_stage("run", cfg, go)
     _print_metrics([(f"{m['query']} → {m['gallery']}", m)])
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def sweep(
+    args: list[str] | None = CONFIG_ARGS,
+    grid: list[str] | None = typer.Option(
+        None, "--grid", help="KEY=[v1,v2,…]: an axis; the points are the product of every --grid axis."
+    ),
+    zipped: list[str] | None = typer.Option(
+        None, "--zip", help="KEY=[v1,v2,…]: axes that vary together (all of one length)."
+    ),
+) -> None:
+    """A grid of runs: each point an ordinary `run` in DIR/points/<n>/; table in DIR/sweep.csv and sweep.md.
+
+    Extraction runs first (once per distinct setting); then the points run in parallel
+    (sweep.n_jobs, sweep.backend=loky|dask, sweep.scheduler=tcp://…). Rerun the same command to resume.
+    """
+    from configs.sweep import build_sweep
+    from retrieve.sweep import run_sweep
+
+    path, overrides = _split_args(args)
+    spec = build_sweep(path, overrides, grid, zipped)
+    say(f"sweep of {len(spec.points)} points into {spec.out}")
+    with Reporter(STATE.quiet) as reporter:
+        result = run_sweep(spec, _store().root, progress=reporter, log=say)
+    out.print(result.markdown, markup=False, highlight=False)
+    for p in result.files:
+        say(f"wrote {p}")
+    if result.failed:
+        raise UserError(
+            f"{result.failed} of {len(result.rows)} sweep points failed (status and error in "
+            f"{spec.out / 'sweep.csv'}); fix them and rerun the same command: finished points are reused"
+        )
 
 
 DEMO_NOTE = (
@@ -450,9 +496,12 @@ def cache_ls() -> None:
             "×".join(map(str, r["shape"])) if r["shape"] else "–",
             r["dtype"] or "–",
             _human(r["bytes"]),
-            "complete" if r["complete"] else "incomplete",
+            r.get("state") or ("complete" if r["complete"] else "incomplete"),
         )
     out.print(table)
+    # Bad alias files are listed, not fatal: `ls` is how a user finds what to repair.
+    for name, problem in store.alias_problems().items():
+        out.print(f"bad alias {name!r}: {problem}", markup=False, highlight=False)
 
 
 @cache_app.command("show")
@@ -465,9 +514,11 @@ def cache_show(ref: str) -> None:
 
 @cache_app.command("verify")
 def cache_verify(ref: str | None = typer.Argument(None, help="Alias or key; default: every entry.")) -> None:
-    """Recompute shard checksums; names every bad shard (exit code 2 if any)."""
+    """Recompute shard checksums, check shard identity and alias files; names every problem (exit code 2 if any)."""
     store = _store()
     report = store.verify(ref)
+    # Alias files are checked when verifying the whole cache (a named alias is checked by resolving it).
+    bad_aliases = store.alias_problems() if ref is None else {}
     bad = {k: p for k, p in report.items() if p}
     for k, problems in report.items():
         if not problems:
@@ -475,18 +526,35 @@ def cache_verify(ref: str | None = typer.Argument(None, help="Alias or key; defa
     for k, problems in bad.items():
         for p in problems:
             print(f"BAD      {k[:12]}  {p}", file=sys.stderr)
-    if bad:
+    for name, problem in bad_aliases.items():
+        print(f"BAD      alias {name!r}  {problem}", file=sys.stderr)
+    if bad or bad_aliases:
+        what = []
+        if bad:
+            what.append(f"{len(bad)} of {len(report)} entries failed verification")
+        if bad_aliases:
+            what.append(f"{len(bad_aliases)} alias file(s) are invalid or dangling")
         raise UserError(
-            f"{len(bad)} of {len(report)} entries failed verification; remove them with `pipeline cache rm KEY` and recompute"
+            f"{' and '.join(what)}; remove bad entries with `pipeline cache rm KEY` and recompute, "
+            "bad alias files with `pipeline cache rm --alias NAME` or `pipeline cache gc`"
         )
     say(f"{len(report)} entries verified")
 
 
 @cache_app.command("rm")
-def cache_rm(refs: list[str]) -> None:
-    """Remove entries (by alias or key) and their aliases."""
+def cache_rm(
+    refs: list[str] | None = typer.Argument(None, help="Entries to remove, by alias, key or key prefix."),
+    aliases: list[str] | None = typer.Option(
+        None, "--alias", help="Remove just this alias file (the entry stays); repeatable."
+    ),
+) -> None:
+    """Remove entries (by alias or key) and their aliases, or with --alias just an alias file."""
+    if not refs and not aliases:
+        raise UserError("name the entries to remove (alias or key), or an alias file with --alias NAME")
     store = _store()
-    for r in refs:
+    for name in aliases or []:
+        say(f"removed alias file {store.rm_alias(name)}")
+    for r in refs or []:
         say(f"removed {store.rm(r)[:12]} ({r})")
 
 
@@ -510,7 +578,12 @@ def cache_import(
     names: Path | None = typer.Option(
         None, "--names", help="Text file, one name per line (for .npy descriptors)."
     ),
-    fmt: str = typer.Option("auto", "--format", help="auto | npy | h5 | geoalign"),
+    fmt: str = typer.Option(
+        "auto",
+        "--format",
+        help="auto | npy | h5 | geoalign | mat (University-1652 pytorch_result.mat) | hloc (global-descriptor "
+        "HDF5) | vpr (VPR-methods-evaluation log folder)",
+    ),
 ) -> None:
     """Import descriptors into the cache: plain arrays or GeoAlign's torch-saved feature folders."""
     from cache.importers import import_any
@@ -522,7 +595,9 @@ def cache_import(
 @cache_app.command("export")
 def cache_export(
     ref: str,
-    fmt: str = typer.Option("npy", "--format", help="npy | geoalign"),
+    fmt: str = typer.Option(
+        "npy", "--format", help="npy | geoalign | mat (one side of <out>/pytorch_result.mat; --view query|gallery)"
+    ),
     dest: Path = typer.Option(..., "--out", help="Output folder."),
     view: str | None = typer.Option(
         None, "--view", help="geoalign: sat or dro (default: from the entry's view)."
@@ -535,27 +610,107 @@ def cache_export(
         say(f"wrote {p}")
 
 
+def _cli_exceptions(name: str) -> tuple[type[BaseException], ...]:
+    """Every exception class called ``name`` that the installed typer may raise.
+
+    typer before 0.2x raises click's own classes; newer typer vendors click as ``typer._click`` and
+    has its own ``Exit`` and ``Abort``, which ``except click.…`` does not catch. Looking in every
+    place keeps the error contract with each typer the dependency bounds allow.
+    """
+    found: list[type[BaseException]] = []
+    for module in ("typer", "typer.exceptions", "typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        cls = getattr(mod, name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+def _one_line(text: str) -> str:
+    """``text`` folded onto one line: an error is exactly one line on stderr."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _usage_message(e: BaseException) -> str:
+    """A click usage error as one line, pointing at the help of the command it concerns."""
+    msg = _one_line(e.format_message())  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None:
+        msg += f" (see '{ctx.command_path} --help')"
+    return msg
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Warnings of a successful command, one line each and each once, after its output."""
+    seen: set[str] = set()
+    for w in caught:
+        line = _one_line(f"warning: {w.message}")
+        if line not in seen:
+            seen.add(line)
+            print(line, file=sys.stderr)
+
+
+def _interrupted(t0: float) -> None:
+    print(f"interrupted after {time.time() - t0:.0f} s; rerun the same command to resume", file=sys.stderr)
+    sys.exit(130)
+
+
 def main() -> None:
     """Console entry point: bad input → one line on stderr, exit code 2."""
     debug = "--debug" in sys.argv
+    usage_errors = _cli_exceptions("ClickException")
+    exits = _cli_exceptions("Exit")
+    aborts = _cli_exceptions("Abort")
     t0 = time.time()
+    caught: list[warnings.WarningMessage] = []
     try:
-        app(standalone_mode=False)
+        # Library warnings (torch, numpy, …) would add lines around an error: they are recorded, then
+        # dropped on an error and shown one line each after a successful command. --debug shows them
+        # as Python prints them.
+        with warnings.catch_warnings(record=not debug) as log:
+            caught = log if log is not None else []
+            result = app(prog_name="pipeline", standalone_mode=False)
     except UserError as e:
         if debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        print(
-            f"interrupted after {time.time() - t0:.0f} s; rerun the same command to resume", file=sys.stderr
-        )
-        sys.exit(130)
+    except (OSError, RuntimeError) as e:
+        # Last resort for a full disk met outside the tool's own writers (which already say so).
+        from configs.diskspace import is_no_space, no_space_error
+
+        if debug or not is_no_space(e):
+            raise
+        print(f"error: {no_space_error(getattr(e, 'filename', None) or 'a file')}", file=sys.stderr)
+        sys.exit(2)
+    except exits as e:
+        _show_warnings(caught)
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    except usage_errors as e:
+        code = e.exit_code  # type: ignore[attr-defined]
+        if type(e).__name__ == "NoArgsIsHelpError":
+            # A bare group (`pipeline`, `pipeline cache`) shows its help; some typers print it
+            # themselves and leave the message empty.
+            text = e.format_message()  # type: ignore[attr-defined]
+            if text.strip():
+                print(text)
+            sys.exit(code)
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_usage_message(e)}", file=sys.stderr)
+        sys.exit(2 if code in (1, 2) else code)
+    except (KeyboardInterrupt, *aborts):
+        _interrupted(t0)
+    _show_warnings(caught)
+    # Without standalone mode an Exit comes back as its code (typer ≥ 0.2x also turns Ctrl-C into
+    # Exit(130)); the commands themselves return None.
+    if isinstance(result, int) and not isinstance(result, bool) and result != 0:
+        if result == 130:
+            _interrupted(t0)
+        sys.exit(result)
 
 
 if __name__ == "__main__":

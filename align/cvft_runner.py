@@ -16,10 +16,11 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from align.checkpoints import save_checkpoint
+from align.checkpoints import record_model_files, save_checkpoint
 from cache.keys import content_key
 from cache.shards import read_shard_rows
 from cache.store import CacheStore, Entry
+from configs.diskspace import write_text_atomic
 from configs.errors import UserError
 from configs.naming import aligned_alias, extracted_alias, query_gallery_views
 from configs.run import RunFolder
@@ -33,6 +34,7 @@ class EntryRows:
 
     def __init__(self, entry: Entry) -> None:
         self.paths = entry.shard_paths()
+        self.identities = entry.shard_identities()
         self.starts = np.array([s.row_start for s in entry.manifest.shards], dtype=np.int64)
         self.ends = np.array([s.row_end for s in entry.manifest.shards], dtype=np.int64)
         self.shape = entry.shape
@@ -46,7 +48,7 @@ class EntryRows:
         for s in np.unique(shard_of):
             sel = shard_of == s
             local = sorted_idx[sel] - self.starts[s]
-            out[order[sel]] = read_shard_rows(self.paths[s], local)
+            out[order[sel]] = read_shard_rows(self.paths[s], local, expect=self.identities[s])
         return out
 
 
@@ -80,7 +82,7 @@ def _pair(store: CacheStore, ground: str, aerial: str, what: str) -> tuple[Entry
 
 def run_cvft(cfg: Config, store: CacheStore, run: RunFolder, *, log: Callable | None = None) -> list:
     """Train ``cfg.align.method`` (cvft | vgg_conv | vgg_gp) and cache the descriptors of both views."""
-    from align.runner import AlignedEntry, _dataclass_from_params, _StateFile, resolve_device
+    from align.runner import AlignedEntry, _dataclass_from_params, _StateFile, publish_model, resolve_device
     from align.train_cvft import CVFTConfig, encode_aerial, encode_ground, train_cvft
 
     method = cfg.align.method
@@ -130,14 +132,16 @@ def run_cvft(cfg: Config, store: CacheStore, run: RunFolder, *, log: Callable | 
     run.record(
         alignment={"method": method, "run_digest": run_digest, "transductive": not cfg.align.train_drone}
     )
+    model_dir = store.root / "models" / run_digest
     if all(store.has(k) for k in keys.values()):
         for v in views:
             store.set_alias(aliases[v], keys[v])
         run.record_keys({aliases[v]: keys[v] for v in views})
+        publish_model(model_dir, run)
         return [AlignedEntry(v, keys[v], aliases[v], views[v].count, True) for v in views]
 
     device = resolve_device(cfg.align.device)
-    state = _StateFile(store.root / "models" / run_digest, method)
+    state = _StateFile(model_dir, method)
     history: list[dict] = []
 
     def on_epoch(record: dict) -> None:
@@ -162,7 +166,7 @@ def run_cvft(cfg: Config, store: CacheStore, run: RunFolder, *, log: Callable | 
         save_state=lambda s: state.save(0, s),
     )
     save_checkpoint(
-        run.path,
+        model_dir,
         method,
         model,
         {
@@ -172,7 +176,10 @@ def run_cvft(cfg: Config, store: CacheStore, run: RunFolder, *, log: Callable | 
             "run_digest": run_digest,
         },
     )
-    (run.path / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    write_text_atomic(model_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    # The cache keeps the model (its source of truth); the run folder gets links to it.
+    record_model_files(model_dir, [f"{method}.safetensors", f"{method}.json", "history.jsonl"])
+    publish_model(model_dir, run)
     out = []
     with torch.no_grad():
         for v, e in views.items():

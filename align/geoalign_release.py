@@ -17,7 +17,6 @@ Everything is loaded with ``torch.load(weights_only=True)``: a checkpoint never 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from align.checkpoints import torch_save_atomic
 from align.geoalign import GeoAlignStream1, Stream1Config
 from align.isms import ISMS, isms_input
 from configs.errors import UserError
@@ -141,10 +141,8 @@ def export_stream1(
             )
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save({"model": sd, "epoch": int(epoch if epoch is not None else cfg.epochs)}, tmp)
-    os.replace(tmp, p)
+    # Through memory: a full disk is then one line, not a torch error about stream positions.
+    torch_save_atomic({"model": sd, "epoch": int(epoch if epoch is not None else cfg.epochs)}, p)
     if config_path is not None:
         c = Path(config_path)
         c.parent.mkdir(parents=True, exist_ok=True)

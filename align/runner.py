@@ -8,7 +8,9 @@ pairs: the upper bound), ``identity`` (raw descriptors; nothing to train).
 Aligned entries are cache entries too. Their key chains to the parent entries' keys and the
 alignment run's digest (method, its parameters, the seed, the training entries), so rerunning the
 same alignment reuses them and a change of any input makes new ones. Training state is saved every
-epoch under ``<cache>/models/<run digest>/``; a killed run resumes from the last epoch.
+epoch under ``<cache>/models/<run digest>/``; a killed run resumes from the last epoch. The trained
+checkpoints and ``history.jsonl`` are kept there too (listed in ``model-files.json``, written last) and
+linked into the run folder, also by a rerun that reuses the aligned entries.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,9 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from align.checkpoints import save_checkpoint
+from align.checkpoints import (
+    link_into,
+    model_files as listed_model_files,
+    record_model_files,
+    save_checkpoint,
+    torch_save_atomic,
+)
 from cache.keys import content_key
 from cache.store import CacheStore, Entry
+from configs.diskspace import write_text_atomic
 from configs.errors import UserError
 from configs.naming import aligned_alias, extracted_alias, query_gallery_views
 from configs.run import RunFolder
@@ -179,12 +187,23 @@ class _StateFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.history is not None:
             state = {**state, "run_history": [dict(h) for h in self.history if h.get("model") == self.name]}
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        torch_save_atomic(state, self.path)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def publish_model(model_dir: Path, run: RunFolder) -> list[str]:
+    """Link the trained model's files (kept in the cache) into the run folder and record where they are.
+
+    The cache's ``models/<run digest>/`` is the source of truth: a rerun that reuses the aligned entries
+    finds the same checkpoints there. Entries made before models were kept in the cache have none; the
+    run then records an empty list.
+    """
+    files = listed_model_files(model_dir)
+    link_into(model_dir, files, run.path)
+    run.record(model={"dir": str(model_dir), "files": files})
+    return files
 
 
 def run_alignment(
@@ -305,15 +324,17 @@ def run_alignment(
     run.record(
         alignment={"method": method, "run_digest": run_digest, "transductive": not cfg.align.train_drone}
     )
+    model_dir = store.root / "models" / run_digest
     if all(store.has(k) for k in keys.values()):
         for v in eval_views:
             store.set_alias(aliases[v], keys[v])
         run.record_keys({aliases[v]: keys[v] for v in eval_views})
+        publish_model(model_dir, run)
         return [AlignedEntry(v, keys[v], aliases[v], len(eval_views[v].names), True) for v in eval_views]
 
     device = resolve_device(cfg.align.device)
-    model_dir = store.root / "models" / run_digest
     history: list[dict] = []
+    model_files: list[str] = []
 
     def on_epoch_for(name: str, epochs: int):
         def on_epoch(epoch: int, metrics: dict) -> None:
@@ -353,11 +374,12 @@ def run_alignment(
             save_state=state.save,
         )
         save_checkpoint(
-            run.path,
+            model_dir,
             "isms",
             isms,
             {**isms_config_dict(isms, icfg), "layers": isms_layers, "run_digest": run_digest},
         )
+        model_files += ["isms.safetensors", "isms.json"]
         encoders["isms"] = lambda vd, r: isms.encode(
             isms_input([vd.tensors[L] for L in isms_layers]).to(device)
         ).cpu()
@@ -392,8 +414,9 @@ def run_alignment(
                 train["sat"].tensors[s1_layer], train["dro"].tensors[s1_layer], s1cfg, **common
             )
         conf = {"method": method, "stream1": asdict(s1cfg), "layer": s1_layer, "run_digest": run_digest}
-        save_checkpoint(run.path, "stream1", s1, conf)
-        export_stream1(s1, s1cfg, run.path / "stream1_geoalign.t")
+        save_checkpoint(model_dir, "stream1", s1, conf)
+        export_stream1(s1, s1cfg, model_dir / "stream1_geoalign.t")
+        model_files += ["stream1.safetensors", "stream1.json", "stream1_geoalign.t"]
         encoders["stream1"] = lambda vd, r: s1.describe(vd.tensors[s1_layer].to(device), r).cpu()
 
     if method == "emcvgl":
@@ -413,10 +436,15 @@ def run_alignment(
             state=state.load(),
             save_state=state.save,
         )
-        save_checkpoint(run.path, "emcvgl", em, {"method": method, "emcvgl": asdict(ecfg), "layer": s1_layer})
+        save_checkpoint(
+            model_dir, "emcvgl", em, {"method": method, "emcvgl": asdict(ecfg), "layer": s1_layer}
+        )
+        model_files += ["emcvgl.safetensors", "emcvgl.json"]
         encoders["emcvgl"] = lambda vd, r: em.describe(vd.tensors[s1_layer].to(device), r).cpu()
 
-    (run.path / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    write_text_atomic(model_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    record_model_files(model_dir, [*model_files, "history.jsonl"])
+    publish_model(model_dir, run)
     out = []
     with torch.no_grad():
         for i, (v, vd) in enumerate(eval_views.items()):

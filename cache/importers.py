@@ -10,7 +10,10 @@ GeoAlign's layout (``{view}_feat``, ``{view}_id``, ``{view}_name``).
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -29,6 +32,68 @@ def _content_digest(desc: np.ndarray, labels: np.ndarray, names: list[str]) -> s
     return h.hexdigest()
 
 
+# dtype kinds that are real numbers: float, signed and unsigned integers. Everything else (complex,
+# bool, strings, bytes, Python objects, records, dates) would be cast silently or fail deep inside.
+_REAL_KINDS = frozenset("fiu")
+_KIND_WORDS = {
+    "c": "complex numbers (casting would drop the imaginary part)",
+    "U": "text strings",
+    "S": "byte strings",
+    "O": "Python objects",
+    "b": "booleans",
+    "V": "records",
+    "M": "dates",
+    "m": "time spans",
+}
+
+
+def _check_descriptors(desc: np.ndarray, where: Any) -> None:
+    """Refuse (UserError) descriptors that are not a real-valued ``[n, d, …]`` array."""
+    if desc.dtype.kind not in _REAL_KINDS:
+        what = _KIND_WORDS.get(desc.dtype.kind, "not real numbers")
+        raise UserError(
+            f"descriptors in {where} have dtype {desc.dtype} ({what}); import a real-valued float array [n, d]"
+        )
+    if desc.ndim < 2:
+        raise UserError(f"descriptors from {where} have shape {list(desc.shape)}; expected [n, d]")
+
+
+def _check_labels(labels: np.ndarray, where: Any) -> None:
+    """Refuse (UserError) labels that are not a 1-D array of integers that fit int64."""
+    if labels.ndim != 1:
+        raise UserError(
+            f"labels from {where} have shape {list(labels.shape)}; give a 1-D array [n] of one integer per row "
+            "(e.g. labels.reshape(-1))"
+        )
+    if labels.dtype.kind not in "iu":
+        raise UserError(f"labels from {where} have dtype {labels.dtype}; labels must be integers (-1 = junk)")
+    if labels.dtype.kind == "u" and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+        raise UserError(f"labels from {where} exceed the int64 range; use labels below 2**63")
+
+
+def _decode_names(raw: Iterable[Any], where: Any) -> list[str]:
+    """Names as str: bytes must be UTF-8 and str must encode as UTF-8 (HDF5 stores names as UTF-8)."""
+    out = []
+    for i, n in enumerate(raw):
+        if isinstance(n, (bytes, np.bytes_)):
+            try:
+                n = bytes(n).decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(
+                    f"name {i} in {where} is not UTF-8 ({bytes(n)[:40]!r}); store the names as UTF-8 text"
+                ) from None
+        else:
+            n = str(n)
+            try:
+                n.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates, e.g. from a file name that was not UTF-8
+                raise UserError(
+                    f"name {i} in {where} is not valid UTF-8 text ({n[:40]!r}); store the names as UTF-8 text"
+                ) from None
+        out.append(n)
+    return out
+
+
 def import_arrays(
     store: CacheStore,
     desc: np.ndarray,
@@ -39,11 +104,16 @@ def import_arrays(
     source: dict,
     view: str | None = None,
 ) -> Entry:
-    """Cache in-memory descriptors; the key is their content, so importing twice is free."""
-    if desc.ndim < 2:
-        raise UserError(
-            f"descriptors from {source.get('path')} have shape {list(desc.shape)}; expected [n, d]"
-        )
+    """Cache in-memory descriptors; the key is their content, so importing twice is free.
+
+    Refused (UserError, nothing cached): descriptors that are not real numbers (complex, strings,
+    objects, …) or not ``[n, d]``, labels that are not 1-D integers, names that are not UTF-8, counts
+    that differ, NaN or inf values.
+    """
+    desc, labels = np.asarray(desc), np.asarray(labels)
+    _check_descriptors(desc, source.get("path"))
+    _check_labels(labels, source.get("path"))
+    names = _decode_names(names, source.get("path"))
     if desc.shape[0] == 0:
         raise UserError(f"descriptors from {source.get('path')} are empty; nothing to import")
     if len(labels) != desc.shape[0] or len(names) != desc.shape[0]:
@@ -72,24 +142,57 @@ def _read_names(path: Path | None, n: int, default_prefix: str) -> list[str]:
         return [f"{default_prefix}/{i:07d}" for i in range(n)]
     if not path.is_file():
         raise UserError(f"names file {path} not found; give a text file with one name per line")
-    return path.read_text().splitlines()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"names file {path} is not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); "
+            "save it as UTF-8, one name per line"
+        ) from None
+    except OSError as e:
+        raise UserError(f"names file {path} cannot be read ({e.strerror}); check the file") from None
+    # Only "\n" ends a name (what export writes): str.splitlines would also split on \x0b, \x0c, \x1c-\x1e,
+    # \x85, U+2028 and U+2029, all legal in file names, and names would not round-trip. The newline
+    # after the last name is optional; a "\r" before "\n" (a file saved on Windows) is not part of a
+    # name, as names holding "\r" are refused at extraction and export.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    """A ``.npy`` array, never unpickled; an object array is refused by its dtype, read from the header."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        try:
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                dtype = read(fh)[2]
+        except (OSError, ValueError):
+            dtype = None
+        if dtype is not None and dtype.hasobject:
+            raise UserError(
+                f"{what} in {path} have dtype object (Python objects, loadable only by unpickling); "
+                "save a numeric array"
+            ) from None
+        raise UserError(f"{path} is not a readable .npy array ({e})") from None
 
 
 def import_npy(
     store: CacheStore, path: Path, *, labels: Path | None, names: Path | None, alias: str | None
 ) -> Entry:
-    try:
-        desc = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable .npy array ({e})") from None
+    desc = _load_npy(path, "descriptors")
+    _check_descriptors(desc, path)
     if labels is None:
         lab = np.full(desc.shape[0], -1, np.int64)
     else:
         if not labels.is_file():
             raise UserError(f"labels file {labels} not found; give --labels labels.npy with one int per row")
-        lab = np.load(labels, allow_pickle=False)
-        if not np.issubdtype(lab.dtype, np.integer):
-            raise UserError(f"labels in {labels} are {lab.dtype}, expected integers")
+        lab = _load_npy(labels, "labels")
+        _check_labels(lab, labels)
     return import_arrays(
         store,
         desc,
@@ -105,16 +208,16 @@ def import_h5(store: CacheStore, path: Path, *, alias: str | None) -> Entry:
 
     try:
         with h5py.File(path, "r") as f:
-            desc = f["descriptors"][...]
+            desc = np.asarray(f["descriptors"][...])
+            _check_descriptors(desc, f"{path}:descriptors")
             lab = f["labels"][...] if "labels" in f else np.full(desc.shape[0], -1, np.int64)
-            nm = (
-                [s.decode() if isinstance(s, bytes) else str(s) for s in f["names"][...]]
-                if "names" in f
-                else None
-            )
-    except (OSError, KeyError) as e:
+            raw = np.asarray(f["names"][...]) if "names" in f else None
+    except (OSError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not an HDF5 file with a 'descriptors' dataset ({e})") from None
-    names = nm if nm is not None else _read_names(None, desc.shape[0], path.stem)
+    _check_labels(np.asarray(lab), f"{path}:labels")
+    if raw is not None and raw.ndim != 1:
+        raise UserError(f"names in {path} have shape {list(raw.shape)}; store a 1-D dataset of one name per row")
+    names = _decode_names(raw, f"{path}:names") if raw is not None else _read_names(None, desc.shape[0], path.stem)
     return import_arrays(
         store, desc, lab, names, alias=alias or path.stem, source={"format": "h5", "path": str(path)}
     )
@@ -161,9 +264,15 @@ def import_geoalign(store: CacheStore, root: Path, *, alias: str | None) -> list
             desc = _torch_load(feat)
             ids = _torch_load(d / f"{v}_id")
             names = _torch_load(d / f"{v}_name")
-            desc = desc.float().numpy() if hasattr(desc, "numpy") else np.asarray(desc, np.float32)
+            if hasattr(desc, "is_complex") and (desc.is_complex() or str(desc.dtype) == "torch.bool"):
+                raise UserError(
+                    f"descriptors in {feat} are {str(desc.dtype).removeprefix('torch.')}, not real numbers; "
+                    "save a float tensor [n, d]"
+                )
+            # bfloat16 has no numpy dtype: every tensor goes through float32.
+            desc = desc.float().numpy() if hasattr(desc, "numpy") else np.asarray(desc)
             ids = ids.numpy() if hasattr(ids, "numpy") else np.asarray(ids)
-            names = [str(n) for n in names]
+            names = _decode_names(names, d / f"{v}_name")
             a = f"{base}.{v}@{layer}"
             entry = import_arrays(
                 store,
@@ -190,6 +299,14 @@ def import_any(
     """Dispatch on ``fmt`` (or the source's form); returns (alias, key, rows) per imported entry."""
     if not source.exists():
         raise UserError(f"{source} does not exist; give a .npy/.h5 file or a GeoAlign feature folder")
+    # Other tools' feature files (pytorch_result.mat, hloc HDF5, VPR-methods-evaluation .npy).
+    from cache.formats import FIELD_IMPORT_FORMATS, detect_field_format, import_field_format
+
+    if fmt == "auto":
+        fmt = detect_field_format(source) or "auto"
+    if fmt in FIELD_IMPORT_FORMATS:
+        got = import_field_format(store, source, fmt, alias=alias, labels=labels, names=names)
+        return [(a, e.key, e.count) for a, e in got]
     if fmt == "auto":
         fmt = (
             "geoalign"
@@ -206,7 +323,7 @@ def import_any(
         return [(e.manifest.alias or e.key, e.key, e.count)]
     if fmt == "geoalign":
         return [(a, e.key, e.count) for a, e in import_geoalign(store, source, alias=alias)]
-    raise UserError(f"unknown import format {fmt!r}; use npy, h5 or geoalign")
+    raise UserError(f"unknown import format {fmt!r}; use npy, h5, geoalign, mat, hloc or vpr")
 
 
 def _geoalign_view(entry: Entry, view: str | None) -> str:
@@ -224,16 +341,41 @@ def _geoalign_view(entry: Entry, view: str | None) -> str:
     raise UserError(f"cannot tell whether {entry.label} is satellite or drone; pass --view sat|dro")
 
 
+def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` through a temporary name and rename it, so a failed export never leaves a
+    truncated file that reads as complete."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def export_entry(store: CacheStore, ref: str, *, fmt: str, out: Path, view: str | None = None) -> list[Path]:
     """Write an entry as plain arrays (``npy``) or GeoAlign's torch-saved layout (``geoalign``)."""
+    if fmt == "mat":  # one side of University-1652's pytorch_result.mat (cache/formats.py)
+        from cache.formats import export_u1652_mat
+
+        return [export_u1652_mat(store.open(ref), out, side=view)]
     entry = store.open(ref)
     desc, labels, names = entry.read()
+    if fmt == "npy":
+        # names.txt holds one name per line: a name with a line break cannot be written so that it
+        # reads back as itself, so refuse before anything is written.
+        broken = next((i for i, n in enumerate(names) if "\n" in n or "\r" in n), None)
+        if broken is not None:
+            raise UserError(
+                f"name {broken} of {entry.label} ({names[broken]!r}) holds a line break, which names.txt "
+                "(one name per line) cannot hold; export with --format geoalign instead"
+            )
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "npy":
         paths = [out / "descriptors.npy", out / "labels.npy", out / "names.txt"]
-        np.save(paths[0], desc)
-        np.save(paths[1], labels)
-        paths[2].write_text("".join(n + "\n" for n in names))
+        _write_atomic(paths[0], lambda fh: np.save(fh, desc))
+        _write_atomic(paths[1], lambda fh: np.save(fh, labels))
+        _write_atomic(paths[2], lambda fh: fh.write("".join(n + "\n" for n in names).encode("utf-8")))
         return paths
     if fmt == "geoalign":
         import torch
@@ -244,4 +386,4 @@ def export_entry(store: CacheStore, ref: str, *, fmt: str, out: Path, view: str 
         torch.save(torch.from_numpy(labels), paths[1])
         torch.save(list(names), paths[2])
         return paths
-    raise UserError(f"unknown export format {fmt!r}; use npy or geoalign")
+    raise UserError(f"unknown export format {fmt!r}; use npy, geoalign or mat")

@@ -99,7 +99,15 @@ def image_list_digest(root: str | os.PathLike, names: Iterable[str], *, strict: 
     h = hashlib.sha256(b"strict\n" if strict else b"stat\n")
     for name in names:
         f = root / name
-        st = f.stat()
-        h.update(name.encode() + b"\0" + str(st.st_size).encode())
-        h.update(b"\0" + (file_sha256(f).encode() if strict else str(st.st_mtime_ns).encode()) + b"\n")
+        # A file name that is not UTF-8 hashes as its own bytes (valid names hash exactly as before).
+        h.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            st = f.stat()
+            tail = file_sha256(f) if strict else str(st.st_mtime_ns)
+        except OSError as e:
+            # An entry that cannot be read (a symlink loop, a file gone since listing) must not crash
+            # the key: extraction then names it in one line, or --skip-bad leaves it out.
+            h.update(f"unreadable {e.errno}\n".encode())
+            continue
+        h.update(str(st.st_size).encode() + b"\0" + tail.encode() + b"\n")
     return h.hexdigest()

@@ -27,12 +27,67 @@ import numpy as np
 
 from cache.keys import DigestMemo, content_key, file_sha256
 from cache.manifest import MANIFEST, Manifest, ShardInfo, read_manifest, write_manifest
-from cache.shards import read_shard, read_shard_attrs, shard_name, write_shard
+from cache.shards import ShardIdentity, identity_problem, read_shard, read_shard_attrs, shard_name, write_shard
 from configs.errors import UserError
 
 ENV_VAR = "PIPELINE_CACHE_DIR"
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")
+KEY_RE = re.compile(r"[0-9a-f]{64}")
+# An alias file: one key, optionally followed by a newline; nothing else (checked on bytes).
+_ALIAS_FILE_RE = re.compile(rb"[0-9a-f]{64}\n?")
 DEFAULT_SHARD_ROWS = 8192
+
+
+class BadKeyError(UserError, ValueError):
+    """Text that is not a cache key where one is needed. A ValueError too, so that code that skips
+    unreadable stored records (``except ValueError``) skips a record naming a bad key the same way."""
+
+
+def is_key(text: object) -> bool:
+    """Whether ``text`` is a cache key: 64 lowercase hex digits."""
+    return isinstance(text, str) and KEY_RE.fullmatch(text) is not None
+
+
+def _show(text: str) -> str:
+    """Text for a one-line message: as is when printable, else escaped (newlines, undecodable bytes)."""
+    return text if text.isprintable() else ascii(text)
+
+
+def _check_inside(root: Path, path: Path, *, follow: bool) -> Path:
+    """``path`` made absolute, refused unless it lies strictly inside ``root`` once symlinks resolve.
+
+    ``follow=False`` resolves only the parent: unlinking a symlink removes the link, not its target.
+    """
+    base = Path(root).resolve()
+    p = Path(path)
+    target = p.resolve() if follow else p.parent.resolve() / p.name
+    if target == base or not target.is_relative_to(base) or p.name in ("", ".", ".."):
+        raise UserError(
+            f"refusing to remove {path}: it resolves to {target}, outside the cache root {base}; "
+            "nothing was removed (remove it by hand if you mean to)"
+        )
+    return target
+
+
+def safe_rmtree(root: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Remove the folder ``path``, which must resolve inside the cache ``root``; a symlink is unlinked.
+
+    Every folder removal in the cache goes through here, so no stored text (an alias, a key, a
+    manifest) can steer a removal outside the cache.
+    """
+    p = Path(path)
+    if p.is_symlink():
+        _check_inside(Path(root), p, follow=False)
+        p.unlink(missing_ok=True)
+        return
+    _check_inside(Path(root), p, follow=True)
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def safe_unlink(root: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Remove the file (or symlink) ``path``, which must lie inside the cache ``root``."""
+    _check_inside(Path(root), Path(path), follow=False)
+    Path(path).unlink(missing_ok=True)
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -46,7 +101,8 @@ def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def check_alias(alias: str) -> str:
-    if not ALIAS_RE.match(alias):
+    """``alias`` if it is a valid alias name (usable as a file name), else a UserError."""
+    if not ALIAS_RE.fullmatch(alias):
         raise UserError(
             f"alias {alias!r} is not valid; use letters, digits and . _ @ + = - (starting with a letter or digit)"
         )
@@ -60,6 +116,26 @@ class Entry:
         self.store = store
         self.manifest = manifest
         self.dir = store.entry_dir(manifest.key)
+        # The manifest's row ranges must tile [0, count): readers locate rows by them.
+        row = 0
+        for i, s in enumerate(manifest.shards):
+            if s.file != shard_name(i):
+                # Also keeps stored text from naming a path outside the entry folder.
+                raise UserError(
+                    f"cache entry {self.label}: manifest {self.dir / MANIFEST} lists shard {s.file!r} where "
+                    f"{shard_name(i)} belongs; run `pipeline cache rm {self.label}` and recompute it"
+                )
+            if s.row_start != row or s.row_end < s.row_start:
+                raise UserError(
+                    f"cache entry {self.label}: manifest {self.dir / MANIFEST} lists rows {s.row_start}..{s.row_end} "
+                    f"for {s.file}, expected to start at {row}; run `pipeline cache rm {self.label}` and recompute it"
+                )
+            row = s.row_end
+        if row != manifest.count:
+            raise UserError(
+                f"cache entry {self.label}: manifest {self.dir / MANIFEST} says {manifest.count} rows but its shards "
+                f"hold {row}; run `pipeline cache rm {self.label}` and recompute it"
+            )
         for s in manifest.shards:
             p = self.dir / s.file
             if not p.exists():
@@ -84,14 +160,24 @@ class Entry:
         return self.manifest.alias or self.key[:12]
 
     def shard_paths(self) -> list[Path]:
+        """The shard files, in row order."""
         return [self.dir / s.file for s in self.manifest.shards]
+
+    def shard_identities(self) -> list[ShardIdentity]:
+        """What the manifest says each shard is: pass one as ``expect`` to every shard read."""
+        skipped = self.manifest.extra.get("skipped")
+        n_skipped = len(skipped) if isinstance(skipped, list) else 0
+        return [
+            ShardIdentity(self.label, self.key, i, s.row_start, s.row_end - s.row_start, n_skipped)
+            for i, s in enumerate(self.manifest.shards)
+        ]
 
     def iter_chunks(
         self, *, with_names: bool = False, dtype: str | None = "float32"
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str] | None]]:
         """Yield (descriptors, labels, names|None) shard by shard; memory is one shard at a time."""
-        for p in self.shard_paths():
-            desc, labels, names = read_shard(p, with_names=with_names)
+        for p, ident in zip(self.shard_paths(), self.shard_identities()):
+            desc, labels, names = read_shard(p, with_names=with_names, expect=ident)
             assert desc is not None
             if dtype is not None and desc.dtype != np.dtype(dtype):
                 desc = desc.astype(dtype)
@@ -109,13 +195,18 @@ class Entry:
         return np.concatenate(descs), np.concatenate(labels), names
 
     def labels(self) -> np.ndarray:
-        parts = [read_shard(p, with_descriptors=False, with_names=False)[1] for p in self.shard_paths()]
+        """Every row's label, without reading the descriptors."""
+        parts = [
+            read_shard(p, with_descriptors=False, with_names=False, expect=ident)[1]
+            for p, ident in zip(self.shard_paths(), self.shard_identities())
+        ]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def names(self) -> list[str]:
+        """Every row's name, without reading the descriptors."""
         out: list[str] = []
-        for p in self.shard_paths():
-            out.extend(read_shard(p, with_descriptors=False)[2] or [])
+        for p, ident in zip(self.shard_paths(), self.shard_identities()):
+            out.extend(read_shard(p, with_descriptors=False, expect=ident)[2] or [])
         return out
 
 
@@ -217,14 +308,14 @@ class EntryWriter:
     def _resume(self) -> None:
         if self.cleanup:
             for tmp in [*self.dir.glob("*.tmp-*"), *self.dir.glob("*.part")]:
-                tmp.unlink(missing_ok=True)
+                safe_unlink(self.store.root, tmp)
         self.refresh()
         if self.total_rows is None:
             # Sequential writing continues after the prefix: anything later is recomputed.
             prefix = set(self._prefix())
             for i in [i for i in self._done if i not in prefix]:
                 if self.cleanup:
-                    (self.dir / self._done[i].file).unlink(missing_ok=True)
+                    safe_unlink(self.store.root, self.dir / self._done[i].file)
                 del self._done[i]
 
     def refresh(self) -> None:
@@ -244,7 +335,7 @@ class EntryWriter:
             if shard is not None:
                 self._done[index] = shard
             elif self.cleanup:
-                p.unlink(missing_ok=True)
+                safe_unlink(self.store.root, p)
 
     def _check_shard(self, p: Path, index: int) -> _DoneShard | None:
         start, end = self.shard_range(index)
@@ -345,23 +436,19 @@ class EntryWriter:
     ) -> None:
         start = index * self.shard_rows
         final = self.dir / shard_name(index)
-        if not skipped:
-            write_shard(
-                final, data, labels, names, key=self.key, index=index, row_start=start, dtype=self.dtype
-            )
-        else:
-            # The skip record must be part of the file before it takes its final name: write under a
-            # .part name, add the attrs, fsync, then rename (a crash leaves only a .part, removed on resume).
-            part = final.with_name(final.name + ".part")
-            write_shard(
-                part, data, labels, names, key=self.key, index=index, row_start=start, dtype=self.dtype
-            )
-            with h5py.File(part, "r+") as f:
-                f.attrs["input_end"] = input_end
-                f.attrs["skipped"] = json.dumps(skipped)
-            with open(part, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(part, final)
+        # The skip record is part of the file before it takes its final name (write_shard is atomic).
+        extra = {"input_end": input_end, "skipped": json.dumps(skipped)} if skipped else None
+        write_shard(
+            final,
+            data,
+            labels,
+            names,
+            key=self.key,
+            index=index,
+            row_start=start,
+            dtype=self.dtype,
+            attrs=extra,
+        )
         self._done[index] = _DoneShard(
             final.name, start, start + len(data), input_end, skipped, file_sha256(final), final.stat().st_size
         )
@@ -451,23 +538,36 @@ class CacheStore:
 
     # -- lookup ---------------------------------------------------------------------------------
     def entry_dir(self, key: str) -> Path:
+        """The folder of entry ``key``; anything but a key is refused, so no other path is ever built."""
+        if not is_key(key):
+            raise BadKeyError(
+                f"{_show(str(key))} is not a cache key (64 lowercase hex digits); "
+                "name entries by alias, key or key prefix (`pipeline cache ls` lists them)"
+            )
         return self.entries_dir / key
 
     def has(self, key: str) -> bool:
+        """Whether entry ``key`` is complete (has its manifest)."""
         return (self.entry_dir(key) / MANIFEST).exists()
 
     def resolve(self, ref: str) -> str:
-        """Key for an alias, a full key, or an unambiguous key prefix (8+ characters)."""
-        alias_file = self.aliases_dir / ref
-        if ALIAS_RE.match(ref) and alias_file.is_file():
-            return alias_file.read_text().strip()
-        if self.entry_dir(ref).is_dir() and len(ref) == 64:
+        """Key for an alias, a full key, or an unambiguous key prefix (8+ characters).
+
+        An alias file that does not hold exactly one key, or points at an entry that is not in the
+        cache, is refused in one line naming the file and the repair.
+        """
+        if ALIAS_RE.fullmatch(ref) and os.path.lexists(self.aliases_dir / ref):
+            key, problem = self._alias_state(ref)
+            if problem is not None or key is None:
+                raise UserError(problem)
+            return key
+        if is_key(ref) and self.entry_dir(ref).is_dir():
             return ref
-        if len(ref) >= 8 and re.fullmatch(r"[0-9a-f]+", ref) and self.entries_dir.is_dir():
-            hits = [p.name for p in self.entries_dir.iterdir() if p.name.startswith(ref)]
+        if len(ref) >= 8 and re.fullmatch(r"[0-9a-f]+", ref):
+            hits = [k for k in self.keys() if k.startswith(ref)]
             if len(hits) == 1:
                 return hits[0]
-        known = sorted(p.name for p in self.aliases_dir.iterdir()) if self.aliases_dir.is_dir() else []
+        known = [_show(n) for n in self._alias_names()]
         hint = f" (known aliases: {', '.join(known[:12])}{' …' if len(known) > 12 else ''})" if known else ""
         raise UserError(
             f"no cache entry named {ref!r} in {self.root}{hint}; run `pipeline cache ls` or extract it first"
@@ -487,24 +587,86 @@ class CacheStore:
                 f"cache entry {ref} is incomplete (an interrupted run); rerun the command that makes it to resume, "
                 "or `pipeline cache gc` to remove it"
             )
+        if manifest.key != key:
+            raise UserError(
+                f"cache entry {ref}: manifest {self.entry_dir(key) / MANIFEST} names key {_show(manifest.key)[:12]}, "
+                f"not {key[:12]} (copied from another entry); run `pipeline cache rm {ref}` and recompute it"
+            )
         return Entry(self, manifest)
 
     def set_alias(self, alias: str, key: str) -> None:
+        """Point ``alias`` at ``key`` (atomically: the alias file is replaced, never half-written)."""
         check_alias(alias)
+        if not is_key(key):
+            raise BadKeyError(f"cannot point alias {alias} at {_show(str(key))}: not a cache key")
         self.aliases_dir.mkdir(parents=True, exist_ok=True)
         p = self.aliases_dir / alias
         tmp = p.with_name(f".{alias}.tmp-{os.getpid()}")
         tmp.write_text(key + "\n")
         os.replace(tmp, p)
 
+    def _alias_names(self) -> list[str]:
+        """Names in the alias folder, without hidden (temporary) files."""
+        try:
+            return sorted(n for n in os.listdir(self.aliases_dir) if not n.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def _alias_state(self, name: str) -> tuple[str | None, str | None]:
+        """``(key, None)`` for a good alias; ``(key or None, problem)`` for an invalid or dangling one."""
+        path = self.aliases_dir / name
+        shown = _show(str(path))
+        if not ALIAS_RE.fullmatch(name):
+            return None, f"alias file {shown} has a name that is not a valid alias; remove it with `pipeline cache gc`"
+        repair = f"remove it with `pipeline cache rm --alias {name}` or `pipeline cache gc`"
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(256)  # a key is 65 bytes: more than this is wrong however it continues
+        except IsADirectoryError:
+            return None, f"alias file {shown} is a folder, not an alias file; remove it by hand"
+        except FileNotFoundError:
+            return None, f"alias file {shown} vanished while reading (removed by another command); rerun"
+        except OSError as e:
+            return None, f"alias file {shown} cannot be read ({e.strerror or e}); {repair}"
+        if _ALIAS_FILE_RE.fullmatch(raw):
+            key = raw.decode().strip()
+            if not self.entry_dir(key).is_dir():
+                return key, (
+                    f"alias {name} points at entry {key[:12]}, which is not in the cache (a dangling alias file "
+                    f"{shown}); {repair}, then rerun the command that makes it"
+                )
+            return key, None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            what = "is not UTF-8 text"
+        else:
+            lines = text.strip().splitlines()
+            if not lines:
+                what = "is empty"
+            elif len(lines) > 1:
+                what = f"holds {len(lines)} lines"
+            else:
+                what = f"holds {lines[0][:70]!r}"
+        return None, f"alias file {shown} {what}, not one cache key (64 lowercase hex digits); {repair}"
+
     def aliases(self) -> dict[str, str]:
-        if not self.aliases_dir.is_dir():
-            return {}
-        return {
-            p.name: p.read_text().strip()
-            for p in sorted(self.aliases_dir.iterdir())
-            if not p.name.startswith(".")
-        }
+        """Alias → key for every alias file holding a key (dangling ones too); see :meth:`alias_problems`."""
+        out = {}
+        for name in self._alias_names():
+            key, _ = self._alias_state(name)
+            if key is not None:
+                out[name] = key
+        return out
+
+    def alias_problems(self) -> dict[str, str]:
+        """Alias file name → one-line problem, for every invalid or dangling alias file."""
+        out = {}
+        for name in self._alias_names():
+            _, problem = self._alias_state(name)
+            if problem is not None:
+                out[name] = problem
+        return out
 
     # -- writing --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -603,30 +765,40 @@ class CacheStore:
 
     # -- maintenance ----------------------------------------------------------------------------
     def keys(self) -> list[str]:
-        return (
-            sorted(p.name for p in self.entries_dir.iterdir() if p.is_dir())
-            if self.entries_dir.is_dir()
-            else []
-        )
+        """Keys of every entry folder, complete or not (folders not named by a key are not entries)."""
+        try:
+            names = os.listdir(self.entries_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(n for n in names if is_key(n) and (self.entries_dir / n).is_dir())
 
     def ls(self) -> list[dict]:
-        """One row per entry directory, complete or not."""
+        """One row per entry directory, complete or not; an unreadable manifest is a row saying so."""
         by_key: dict[str, list[str]] = {}
         for a, k in self.aliases().items():
             by_key.setdefault(k, []).append(a)
         rows = []
         for key in self.keys():
             d = self.entry_dir(key)
+            state = "complete"
             try:
                 m = read_manifest(d)
             except (ValueError, KeyError, TypeError):
-                m = None
-            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+                m, state = None, "unreadable"  # its manifest; `cache verify` says why
+            if m is None and state == "complete":
+                state = "incomplete"
+            size = 0
+            with contextlib.suppress(OSError):  # removed while listing: count what is left
+                for f in d.iterdir():
+                    with contextlib.suppress(OSError):
+                        if f.is_file():
+                            size += f.stat().st_size
             rows.append(
                 {
                     "key": key,
                     "aliases": by_key.get(key, []),
                     "complete": m is not None,
+                    "state": state,
                     "count": m.count if m else None,
                     "shape": m.shape if m else None,
                     "dtype": m.dtype if m else None,
@@ -637,50 +809,88 @@ class CacheStore:
             )
         return rows
 
-    def verify(self, ref: str | None = None) -> dict[str, list[str]]:
-        """Recompute every shard checksum; returns {key: [problem, …]} (empty list = good)."""
-        keys = [self.resolve(ref)] if ref else self.keys()
-        report: dict[str, list[str]] = {}
-        for key in keys:
-            d = self.entry_dir(key)
-            problems: list[str] = []
+    def _verify_entry(self, key: str) -> list[str]:
+        """Problems of one entry: manifest, row ranges, and per shard its identity and checksum."""
+        d = self.entry_dir(key)
+        try:
+            m = read_manifest(d)
+        except (ValueError, KeyError, TypeError) as e:
+            return [f"{d / MANIFEST}: unreadable manifest ({e})"]
+        if m is None:
+            return [f"{d}: incomplete (no manifest); resume it by rerunning, or `pipeline cache gc`"]
+        if m.key != key:
+            return [f"{d / MANIFEST}: names key {_show(m.key)[:12]}, not {key[:12]} (copied from another entry)"]
+        skipped = m.extra.get("skipped")
+        n_skipped = len(skipped) if isinstance(skipped, list) else 0
+        label = m.alias or key[:12]
+        problems: list[str] = []
+        expected_row = 0
+        for i, s in enumerate(m.shards):
+            if s.file != shard_name(i):
+                problems.append(f"{d / MANIFEST}: lists shard {s.file!r} where {shard_name(i)} belongs")
+                continue
+            p = d / s.file
+            if s.row_start != expected_row:
+                problems.append(f"{p}: rows start at {s.row_start}, expected {expected_row}")
+            expected_row = s.row_end
+            if not p.exists():
+                problems.append(f"{p}: missing")
+                continue
+            ident = ShardIdentity(label, key, i, s.row_start, s.row_end - s.row_start, n_skipped)
             try:
-                m = read_manifest(d)
-            except (ValueError, KeyError, TypeError) as e:
-                report[key] = [f"{d / MANIFEST}: unreadable manifest ({e})"]
-                continue
-            if m is None:
-                report[key] = [
-                    f"{d}: incomplete (no manifest); resume it by rerunning, or `pipeline cache gc`"
-                ]
-                continue
-            expected_row = 0
-            for s in m.shards:
-                p = d / s.file
-                if s.row_start != expected_row:
-                    problems.append(f"{p}: rows start at {s.row_start}, expected {expected_row}")
-                expected_row = s.row_end
-                if not p.exists():
-                    problems.append(f"{p}: missing")
+                with h5py.File(p, "r") as f:
+                    foreign = identity_problem(f.attrs, int(f["descriptors"].shape[0]), ident)
+            except (OSError, KeyError, ValueError):
+                foreign = None  # unreadable as HDF5: the checksum below names it corrupt
+            try:
+                if foreign is not None:
+                    problems.append(f"{p}: not part of this entry: {foreign}")
                 elif p.stat().st_size != s.bytes or file_sha256(p) != s.sha256:
                     problems.append(f"{p}: checksum mismatch (corrupt shard)")
-            if expected_row != m.count and not problems:
-                problems.append(f"{d}: shards hold {expected_row} rows, manifest says {m.count}")
-            report[key] = problems
-        return report
+            except OSError as e:
+                problems.append(f"{p}: unreadable ({e.strerror or e})")
+        if expected_row != m.count and not problems:
+            problems.append(f"{d}: shards hold {expected_row} rows, manifest says {m.count}")
+        return problems
+
+    def verify(self, ref: str | None = None) -> dict[str, list[str]]:
+        """Check every entry (or ``ref``): manifest, shard identity and checksums.
+
+        Returns {key: [problem, …]} (empty list = good); alias files are checked by
+        :meth:`alias_problems`.
+        """
+        keys = [self.resolve(ref)] if ref else self.keys()
+        return {key: self._verify_entry(key) for key in keys}
 
     def rm(self, ref: str) -> str:
+        """Remove an entry (by alias, key or key prefix) and every alias pointing at it; returns its key."""
         key = self.resolve(ref)
+        d = self.entry_dir(key)
         with self.lock(key):
-            shutil.rmtree(self.entry_dir(key), ignore_errors=True)
+            # The manifest goes first: an interrupted removal leaves an incomplete entry, never a
+            # "complete" one with shards missing.
+            safe_unlink(self.root, d / MANIFEST)
+            safe_rmtree(self.root, d)
         for a, k in self.aliases().items():
             if k == key:
-                (self.aliases_dir / a).unlink(missing_ok=True)
-        (self.locks_dir / f"{key}.lock").unlink(missing_ok=True)
+                safe_unlink(self.root, self.aliases_dir / a)
+        safe_unlink(self.root, self.locks_dir / f"{key}.lock")
         return key
 
+    def rm_alias(self, name: str) -> Path:
+        """Remove just the alias file ``name`` (whatever it holds); the entry stays. Returns its path."""
+        check_alias(name)
+        p = self.aliases_dir / name
+        if not os.path.lexists(p):
+            raise UserError(f"no alias file {p}; `pipeline cache ls` lists the aliases")
+        if p.is_dir() and not p.is_symlink():
+            raise UserError(f"{p} is a folder, not an alias file; remove it by hand")
+        safe_unlink(self.root, p)
+        return p
+
     def gc(self, *, older_than_s: float = 0.0) -> list[str]:
-        """Remove incomplete entries nobody is writing, stray temporary files, and dangling aliases."""
+        """Remove incomplete entries nobody is writing, stray temporary files, and alias files that are
+        invalid or point at no complete entry (only inside the alias folder)."""
         removed = []
         now = time.time()
         for key in self.keys():
@@ -688,13 +898,19 @@ class CacheStore:
             if (d / MANIFEST).exists() or self.is_locked(key):
                 for tmp in d.glob("*.tmp-*"):
                     if not self.is_locked(key):
-                        tmp.unlink(missing_ok=True)
+                        safe_unlink(self.root, tmp)
                 continue
-            if now - d.stat().st_mtime >= older_than_s:
-                shutil.rmtree(d, ignore_errors=True)
-                removed.append(key)
-        for a, k in self.aliases().items():
-            if not self.has(k):
-                (self.aliases_dir / a).unlink(missing_ok=True)
-                removed.append(f"alias {a}")
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another command
+                if now - d.stat().st_mtime >= older_than_s:
+                    safe_rmtree(self.root, d)
+                    removed.append(key)
+        for name in self._alias_names():
+            key, problem = self._alias_state(name)
+            if problem is None and key is not None and self.has(key):
+                continue
+            p = self.aliases_dir / name
+            if p.is_dir() and not p.is_symlink():
+                continue  # not an alias file the tool wrote; `cache verify` reports it
+            safe_unlink(self.root, p)
+            removed.append(f"alias {_show(name)}")
         return removed

@@ -1,11 +1,14 @@
 """Run folders: every command writes its resolved config, versions, cache keys and seed here.
 
 ``run.json`` says ``"status": "running"`` until the stage ends; only then does it become
-``"complete"``, so an interrupted run is never mistaken for a finished one.
+``"complete"``, so an interrupted run is never mistaken for a finished one. A rerun into the folder
+of an earlier run first removes that run's results (only the files this tool writes), so a failed
+rerun leaves no earlier metrics beside its ``"failed"`` status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -19,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from configs.diskspace import disk_full_is_user_error, write_text_atomic
+from configs.errors import UserError
 from configs.schema import Config, to_dict
 
 _PACKAGES = (
@@ -44,13 +49,58 @@ def versions() -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON through a temporary name; a full disk is one line and leaves nothing."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+# What a run of this tool writes into its folder (and into a retrieval's output subfolder). A rerun into
+# the same out= folder removes these, and only these, from the earlier run before it starts: a failed
+# rerun must not leave the earlier results beside its "failed" status.
+_RESULT_FILES = (
+    "metrics.json",
+    "per_query.csv",
+    "recall_curve.png",
+    "report.html",
+    "history.jsonl",
+    "stream1_geoalign.t",
+)
+_RESULT_DIRS = ("thumbs",)
+_CHECKPOINT_NAMES = ("isms", "stream1", "emcvgl", "cvft", "vgg_conv", "vgg_gp")
+
+
+def _remove_earlier_results(folder: Path) -> list[str]:
+    """Remove the earlier run's results from ``folder`` (a run folder: it holds a run.json); returns them.
+
+    Only names this tool writes are touched: the files above, ``thumbs/``, the checkpoints (a
+    ``<method>.safetensors`` with its ``.json``), the same in retrieval subfolders (those holding a
+    metrics.json or a report), and such subfolders once empty. Any other file stays.
+    """
+    removed: list[str] = []
+
+    def clean(d: Path) -> None:
+        for name in _RESULT_FILES:
+            p = d / name
+            if p.is_file() or p.is_symlink():
+                p.unlink(missing_ok=True)
+                removed.append(str(p))
+        for name in _CHECKPOINT_NAMES:
+            for p in (d / f"{name}.safetensors", d / f"{name}.json"):
+                if p.is_file() or p.is_symlink():
+                    p.unlink(missing_ok=True)
+                    removed.append(str(p))
+        for name in _RESULT_DIRS:
+            p = d / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(str(p))
+
+    clean(folder)
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
+        if (sub / "metrics.json").is_file() or (sub / "report.html").is_file():
+            clean(sub)
+            with contextlib.suppress(OSError):
+                sub.rmdir()  # only when nothing else is left in it
+    return removed
 
 
 class RunFolder:
@@ -75,7 +125,11 @@ class RunFolder:
                 path = Path("runs") / f"{stage}-{stamp}-{i}"
                 i += 1
         self.path = path
-        self.path.mkdir(parents=True, exist_ok=True)
+        with disk_full_is_user_error(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+        # A folder that already holds a run.json is an earlier run's: its results go before this run
+        # starts, so whatever this run ends with, nothing in the folder is mistaken for its result.
+        self.replaced = _remove_earlier_results(self.path) if (self.path / "run.json").is_file() else []
         self.info: dict[str, Any] = {
             "stage": stage,
             "status": "running",
@@ -87,7 +141,7 @@ class RunFolder:
             "versions": versions(),
             "cache_keys": {},
         }
-        (self.path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self._save()
 
     def record_keys(self, keys: dict[str, str]) -> None:
@@ -105,9 +159,15 @@ class RunFolder:
         self._drop_scratch()
 
     def fail(self, message: str) -> None:
+        """Mark the run failed; best effort, so the error that failed it is the one reported.
+
+        If even that cannot be written (a full disk), run.json keeps saying "running": still never
+        "complete".
+        """
         self.info["status"] = "failed"
         self.info["error"] = message
-        self._save()
+        with contextlib.suppress(OSError, UserError):
+            self._save()
 
     def _drop_scratch(self) -> None:
         if self.scratch:

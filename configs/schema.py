@@ -20,9 +20,9 @@ import yaml
 
 from configs.errors import UserError
 
-LAYOUTS = ("u1652", "folder", "synthetic", "sues200", "cvusa", "cvact", "geoalign_release")
+LAYOUTS = ("u1652", "folder", "synthetic", "sues200", "cvusa", "cvact", "geoalign_release", "vigor", "denseuav")
 METHODS = ("identity", "isms", "geoalign", "fusion", "emcvgl", "supervised", "cvft", "vgg_conv", "vgg_gp")
-PROTOCOLS = ("u1652", "geoalign", "cvft")
+PROTOCOLS = ("u1652", "geoalign", "cvft", "vigor")
 
 
 def _choices(*values: Any, default: Any) -> Any:
@@ -50,6 +50,8 @@ class DatasetConfig:
     altitude: int | None = None  # SUES-200 flight height (150, 200, 250, 300)
     model: str = "dinov3_vith16plus"  # geoalign_release: the feats_test/<model> folder
     strict_digest: bool = False  # hash image contents for the cache key, not only size + mtime
+    area: str = _choices("same", "cross", default="same")  # VIGOR: same-area or cross-area split
+    gps: str | None = None  # positions file (DenseUAV Dense_GPS_ALL.txt format) for retrieve.geo
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -174,6 +176,14 @@ class RetrieveConfig:
     report: bool = True  # recall@K curve (recall_curve.png) and report.html with thumbnails
     report_queries: int = 40  # queries shown in report.html (half the worst, half at random)
     thumb_size: int = 112  # thumbnail side in pixels
+    # University-160k submission: top-10 gallery ids per query, tab-separated (relative = in the run folder)
+    answer: str | None = None
+    answer_order: str | None = None  # the challenge's query_drone_name.txt; None = the query entry's order
+    # one query per location: the mean of its L2-normalized views, re-normalized (University-1652 --multi)
+    multi_query: bool = False
+    geo: bool = False  # GPS metrics (SDM@K, MA@<m>m, metres to the top-1) from dataset positions
+    sdm_scale: float = 5000.0  # SDM@K decay s in exp(-s * degrees) (DenseUAV; GTA-UAV uses another)
+    ma_metres: list[float] = field(default_factory=lambda: [5.0, 10.0, 20.0, 50.0, 100.0])  # MA@<m>m
 
     def __post_init__(self) -> None:
         positive = {
@@ -203,8 +213,28 @@ class RetrieveConfig:
                 raise UserError(f"retrieve.{name} must be 0 (auto/off) or a positive integer, got {v}")
         if not 1 <= self.pq_nbits <= 16:
             raise UserError(f"retrieve.pq_nbits must be between 1 and 16, got {self.pq_nbits}")
+        if not self.sdm_scale > 0:
+            raise UserError(f"retrieve.sdm_scale must be a positive number, got {self.sdm_scale}; e.g. 5000")
+        if not self.ma_metres or any(not m > 0 for m in self.ma_metres):
+            raise UserError(f"retrieve.ma_metres must be a non-empty list of positive distances, got {self.ma_metres}")
         if not 0.0 <= self.lambda_value <= 1.0:
             raise UserError(f"retrieve.lambda_value must be between 0 and 1, got {self.lambda_value}")
+
+
+@dataclass
+class SweepConfig:
+    """``pipeline sweep``: a grid of overrides, each point an ordinary run (see configs/sweep.py).
+
+    ``grid`` and ``zip`` map a config field (``align.method``, ``align.isms.lr``, ``seed`` …) to a list of
+    values; nested mappings are read as dotted paths. Other commands ignore this section.
+    """
+
+    grid: dict = field(default_factory=dict)  # cartesian product of these axes
+    zip: dict = field(default_factory=dict)  # these axes vary together (same length)
+    n_jobs: int = 0  # points run at once; 0 = one per CPU core (torch threads per point = cores / n_jobs)
+    backend: str = _choices("loky", "dask", default="loky")  # dask: an existing cluster, or a LocalCluster
+    scheduler: str | None = None  # dask scheduler address (tcp://host:8786); None = a LocalCluster
+    timeout: float = 10.0  # seconds to wait for the dask scheduler before giving up
 
 
 @dataclass
@@ -219,6 +249,7 @@ class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 SHORTHANDS = {
@@ -366,11 +397,23 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
     data: dict = {}
     if path is not None:
-        p = resolve_config_path(path)
         try:
-            loaded = yaml.safe_load(p.read_text())
+            p = resolve_config_path(path)
+        except UserError:
+            # A shipped name wins over a folder of the same name; any other folder is named as one.
+            if Path(path).is_dir():
+                raise UserError(
+                    f"config {path} is a directory; give a YAML file inside it or a shipped config name"
+                ) from None
+            raise
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise UserError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"config {p} is not UTF-8 text; give a YAML file") from None
+        except OSError as e:
+            raise UserError(f"config {p} cannot be read ({e.strerror or e}); check its permissions") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -25,10 +25,15 @@ datasets ship (names are relative to ``dataset.root``):
   ``streetview/<id>_grdView.jpg``, aerial ``satview_polish/<id>_satView_polish.jpg``; label = the
   pair's position in the split, so query i's true match is gallery i (the CVFT protocol).
 * ``folder``: ``<label>/<image>``.
+* ``vigor``: ``splits/<City>/satellite_list.txt`` and 13-column label files, ``satellite/<City>/…``,
+  ``ground/<City>/…``; views ``ground`` and ``satellite``, ``dataset.area`` same | cross (see
+  :func:`_read_vigor`). Ground lists carry their semi-positives.
+* ``denseuav``: University-1652-like ``<split>/<view>/<id>/<image>`` with ``Dense_GPS_ALL.txt`` at the root.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -85,6 +90,13 @@ class ImageList:
     labels: np.ndarray
     view: str
     label_names: tuple[str, ...] = field(default=())
+    # VIGOR ground views: per image, the gallery labels of its three semi-positive satellites
+    # (int64 [n, 3]); None for every other list. Stored beside the entry's shards (see
+    # write_semi_positives), never in the shards themselves, so the shard format is unchanged.
+    semi_positives: np.ndarray | None = field(default=None)
+    # Extra fields for the entry's key, for lists whose labels are not determined by their names
+    # (VIGOR labels come from the split files); empty for every other layout, so their keys stay.
+    key_fields: dict = field(default_factory=dict)
 
     # eq=False: the generated __eq__/__hash__ would compare/hash the numpy array and fail; identity
     # semantics are enough, and the cache compares lists by digest anyway.
@@ -138,7 +150,9 @@ def _image_files(folder: Path) -> list[str]:
     """Sorted names of the image files directly inside ``folder``.
 
     Dot-files are skipped: macOS leaves ``._name.jpg`` resource forks next to real images when a
-    dataset is copied from a Mac, and they would fail to decode.
+    dataset is copied from a Mac, and they would fail to decode. An image-named entry whose type
+    cannot be read (a symlink loop: ELOOP) is kept, so that extraction reports it in one line as an
+    unreadable image, or leaves it out under ``--skip-bad``, instead of dropping it silently.
     """
     with os.scandir(folder) as it:
         names = [
@@ -146,9 +160,43 @@ def _image_files(folder: Path) -> list[str]:
             for e in it
             if not e.name.startswith(".")
             and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-            and e.is_file()
+            and _is_file_or_unreadable(e)
         ]
     return sorted(names)
+
+
+def _is_file_or_unreadable(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # ELOOP and the like: the loader names the file and the error
+        return True
+
+
+def name_problem(name: str) -> str | None:
+    """Why an image name cannot be stored as a name (HDF5 UTF-8, one line of ``names.txt``), or None.
+
+    A line break inside a name would split it in two in every line-oriented listing (``cache export
+    --format npy``), and a file name that is not valid UTF-8 (Python keeps its undecodable bytes as
+    lone surrogates) cannot be stored as text at all; either would come back as a different name.
+    """
+    if "\n" in name or "\r" in name:
+        return "holds a line break"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return None
+
+
+def display_name(name: str) -> str:
+    """``name`` printable on one line whatever it holds: line breaks and undecodable bytes escaped."""
+    if name_problem(name) is None:
+        return name
+    try:  # the file name's own bytes, undecodable ones as \xNN
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that did not come from a file name's bytes
+        return repr(name)[1:-1]
+    return shown.replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _int_label(name: str) -> int | None:
@@ -473,8 +521,220 @@ def _read_folder(root: Path, view: str, split: str, altitude: int | None = None)
     )
 
 
+# VIGOR (Zhu et al., CVPR'21) as Sample4Geo reads it (sample4geo/dataset/vigor.py): the cities of each
+# area and split, and the 13 columns of a label row (ground name, then four satellites each followed by
+# two pixel offsets: the positive, then the three semi-positives).
+VIGOR_CITIES: tuple[str, ...] = ("Chicago", "NewYork", "SanFrancisco", "Seattle")
+VIGOR_AREAS: tuple[str, ...] = ("same", "cross")
+VIGOR_VIEWS: tuple[str, str] = ("ground", "satellite")
+_VIGOR_CROSS = {"train": ("NewYork", "Seattle"), "test": ("Chicago", "SanFrancisco")}
+_VIGOR_COLUMNS = 13
+_VIGOR_SAT_COLUMNS = (1, 4, 7, 10)  # positive, semi-positive 1, 2, 3
+
+
+def vigor_cities(area: str, split: str) -> tuple[str, ...]:
+    """The cities of a VIGOR split: all four for ``same``; ``cross`` trains on NewYork + Seattle and
+    tests on Chicago + SanFrancisco."""
+    if area not in VIGOR_AREAS:
+        raise UserError(f"dataset.area={area!r} is not a VIGOR area; set dataset.area=same or cross")
+    if split not in _VIGOR_CROSS:
+        raise UserError(f"dataset.split={split!r} does not exist for vigor; use train or test")
+    return VIGOR_CITIES if area == "same" else _VIGOR_CROSS[split]
+
+
+def _vigor_file(root: Path, rel: str) -> Path:
+    path = root / rel
+    if not path.is_file():
+        raise UserError(
+            f"VIGOR split file {path} does not exist; set dataset.root to the VIGOR folder holding "
+            f"splits/, satellite/ and ground/ (found under {root}: {_listing(root)})"
+        )
+    return path
+
+
+def _read_vigor_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, 13 columns) of every non-empty row of a VIGOR label file."""
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        cols = line.split()
+        if not cols:
+            continue
+        if len(cols) != _VIGOR_COLUMNS:
+            raise UserError(
+                f"{path} line {lineno} has {len(cols)} columns, VIGOR label rows have {_VIGOR_COLUMNS} (ground "
+                "name, positive satellite + 2 offsets, 3 semi-positive satellites + 2 offsets each); restore the file"
+            )
+        rows.append((lineno, cols))
+    return rows
+
+
+@_register("vigor", "<VIGOR folder containing splits/, satellite/ and ground/>")
+def _read_vigor(
+    root: Path, view: str, split: str, altitude: int | None = None, area: str = "same"
+) -> ImageList:
+    """VIGOR: ``ground/<City>/<name>`` queries, ``satellite/<City>/<name>`` gallery.
+
+    A satellite's label is its index in the split cities' ``satellite_list.txt`` files read in city
+    order, as in Sample4Geo (so train and test galleries number the same tile alike). The test gallery
+    is every listed satellite; the train gallery the satellites that are some query's positive, in the
+    order they first appear. A ground image's label is its positive's; its three semi-positives are
+    kept in :attr:`ImageList.semi_positives`.
+    """
+    del altitude
+    if view not in VIGOR_VIEWS:
+        raise UserError(
+            f"view {view!r} does not exist in layout vigor; its views are ground and satellite "
+            "(set dataset.mode=G2S, or dataset.views=[ground, satellite])"
+        )
+    cities = vigor_cities(area, split)
+    sat_names: list[str] = []  # satellite/<City>/<file>
+    sat_index: dict[str, int] = {}  # file name -> label (Sample4Geo keys by the bare file name too)
+    for city in cities:
+        listing = _vigor_file(root, f"splits/{city}/satellite_list.txt")
+        for line in listing.read_text().splitlines():
+            cols = line.split()
+            if cols:
+                sat_index.setdefault(cols[0], len(sat_names))
+                sat_names.append(f"satellite/{city}/{cols[0]}")
+    label_file = f"same_area_balanced_{split}.txt" if area == "same" else "pano_label_balanced.txt"
+    ground: list[str] = []
+    sats: list[list[int]] = []
+    for city in cities:
+        path = _vigor_file(root, f"splits/{city}/{label_file}")
+        for lineno, cols in _read_vigor_rows(path):
+            row = []
+            for c in _VIGOR_SAT_COLUMNS:
+                label = sat_index.get(cols[c])
+                if label is None:
+                    raise UserError(
+                        f"{path} line {lineno} names satellite {cols[c]!r}, which no satellite_list.txt of "
+                        f"{', '.join(cities)} lists; restore the split files from the VIGOR release"
+                    )
+                row.append(label)
+            ground.append(f"ground/{city}/{cols[0]}")
+            sats.append(row)
+    if not ground:
+        raise UserError(f"the VIGOR {label_file} files of {', '.join(cities)} list no ground images; restore them")
+    table = np.asarray(sats, dtype=np.int64).reshape(-1, 4)
+    # Every satellite a split row names must be on disk, whichever view is read: a missing positive
+    # or semi-positive would silently change what the metrics mean.
+    referenced = np.unique(table)
+    gallery = np.arange(len(sat_names)) if split == "test" else _first_seen(table[:, 0])
+    needed = np.union1d(referenced, gallery)
+    missing = [sat_names[i] for i in needed if not (root / sat_names[i]).is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} VIGOR satellite images named in the split are missing on disk, e.g. "
+            f"{root / missing[0]}; restore them or point dataset.root at the complete copy"
+        )
+    if view == "ground":
+        lost = [n for n in ground if not (root / n).is_file()]
+        if lost:
+            raise UserError(
+                f"{len(lost)} of {len(ground)} VIGOR ground images listed in {label_file} are missing, e.g. "
+                f"{root / lost[0]}; restore them or point dataset.root at the complete copy"
+            )
+        labels, semi, names = table[:, 0], table[:, 1:], tuple(ground)
+    else:
+        labels, semi, names = gallery.astype(np.int64), None, tuple(sat_names[i] for i in gallery)
+    digest = hashlib.sha256(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    if semi is not None:
+        semi = np.ascontiguousarray(semi, dtype=np.int64)
+        semi.setflags(write=False)
+        digest.update(semi.astype("<i8").tobytes())
+    return ImageList(
+        root=root,
+        names=names,
+        labels=labels,
+        view=view,
+        semi_positives=semi,
+        key_fields={"vigor_labels": digest.hexdigest()},
+    )
+
+
+def _first_seen(values: np.ndarray) -> np.ndarray:
+    """The distinct values in the order they first appear (pandas' ``unique``)."""
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]
+
+
+@_register("denseuav", "<DenseUAV folder containing test/, train/ and Dense_GPS_ALL.txt>")
+def _read_denseuav(root: Path, view: str, split: str, altitude: int | None = None) -> ImageList:
+    """DenseUAV: ``<root>/<split>/<view>/<id>/<image>`` as University-1652 (``test/query_drone``,
+    ``test/gallery_satellite``, ``train/drone``, ``train/satellite``); positions come from
+    ``Dense_GPS_ALL.txt`` at the root, read by ``retrieve.geo`` (not needed for extraction)."""
+    del altitude
+    layout = "<root>/<split>/<view>/<id>/<image> (DenseUAV)"
+    view_dir = root / split / view
+    if not view_dir.is_dir():
+        where = root / split if (root / split).is_dir() else root
+        raise UserError(
+            f"view folder {view_dir} does not exist (found under {where}: {_listing(where)}); expected {layout}"
+        )
+    found = _read_id_folders(root, view_dir, layout)
+    if found is None:
+        raise _no_images(view_dir, layout)
+    return found
+
+
+SEMI_POSITIVES_FILE = "semi_positives.h5"
+
+
+def write_semi_positives(images: ImageList, entry_dir: Path) -> dict:
+    """Store a VIGOR ground list's semi-positives beside the entry's shards; returns manifest fields.
+
+    ``<entry>/semi_positives.h5`` (plain h5py): ``names [n]`` utf-8, the image names in list order, and
+    ``semi_positives [n, 3]`` int64, the gallery labels of each image's semi-positives (the same
+    numbering as the satellite entry's ``labels``). Rows are matched to the entry by name, so an image
+    left out by ``--skip-bad`` does not shift them. Written to a temporary name, fsynced and renamed
+    before the manifest, which records its sha256: an entry is complete only with it. ``{}`` and
+    nothing written for lists without semi-positives.
+    """
+    if images.semi_positives is None:
+        return {}
+    import h5py
+
+    path = Path(entry_dir) / SEMI_POSITIVES_FILE
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("semi_positives", data=np.asarray(images.semi_positives, dtype=np.int64))
+        f.create_dataset("names", data=np.array(images.names, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.flush()
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+        fh.seek(0)
+        sha = hashlib.sha256(fh.read()).hexdigest()
+    os.replace(tmp, path)
+    return {"semi_positives": {"file": SEMI_POSITIVES_FILE, "sha256": sha, "columns": 3}}
+
+
+def read_semi_positives(entry_dir: Path, info: dict, names: list[str]) -> np.ndarray:
+    """The semi-positives of an entry's rows (``names``, in row order) from its ``semi_positives.h5``.
+
+    ``info`` is the manifest's ``extra["semi_positives"]``. Raises UserError when the file is missing,
+    altered, or lacks one of the names.
+    """
+    import h5py
+
+    path = Path(entry_dir) / str(info.get("file", SEMI_POSITIVES_FILE))
+    fix = "run `pipeline cache rm` on that entry and extract it again"
+    try:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != info.get("sha256"):
+            raise OSError("checksum mismatch")
+        with h5py.File(path, "r") as f:
+            semi = np.asarray(f["semi_positives"][...], dtype=np.int64)
+            stored = [s.decode() if isinstance(s, bytes) else str(s) for s in f["names"][...]]
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"semi-positives file {path} is unreadable or corrupt ({e}); {fix}") from None
+    row = {n: i for i, n in enumerate(stored)}
+    idx = [row.get(n, -1) for n in names]
+    if -1 in idx or semi.ndim != 2 or semi.shape[0] != len(stored):
+        raise UserError(f"semi-positives file {path} does not cover the entry's images; {fix}")
+    return semi[np.asarray(idx, dtype=np.int64)]
+
+
 # The original two first: messages list layouts in this order.
-LAYOUTS: tuple[str, ...] = ("u1652", "folder", "sues200", "cvusa", "cvact")
+LAYOUTS: tuple[str, ...] = ("u1652", "folder", "sues200", "cvusa", "cvact", "vigor", "denseuav")
 assert set(LAYOUTS) == set(_READERS)
 PAIR_LAYOUTS: tuple[str, ...] = ("cvusa", "cvact")
 
@@ -486,6 +746,7 @@ def list_images(
     *,
     split: str = "test",
     altitude: int | None = None,
+    area: str = "same",
 ) -> ImageList:
     """List the images of one view of a dataset.
 
@@ -497,6 +758,7 @@ def list_images(
         split: ``test`` or ``train`` (``u1652``, ``sues200``); ``train`` or ``val`` (``cvusa``,
             ``cvact``; ``test`` means ``val``).
         altitude: SUES-200 flight height (150, 200, 250, 300); required there, ignored elsewhere.
+        area: VIGOR's ``same`` or ``cross`` area split; ignored elsewhere.
 
     Returns:
         An :class:`ImageList`: sorted by (label folder, file name) for folder layouts, in split order
@@ -512,6 +774,8 @@ def list_images(
     _check_simple_name("view", view)
     _check_simple_name("split", split)
     root_path = _resolve_root(root, _ROOT_HINTS[layout])
+    if layout == "vigor":
+        return _read_vigor(root_path, view, split, altitude, area=area)
     return reader(root_path, view, split, altitude)
 
 
@@ -564,6 +828,16 @@ def view_pair(mode: str, layout: str = "u1652") -> tuple[str, str]:
     query, aerial gallery) and ``A2G``; ``G2S``/``S2G`` and their aliases are accepted as the same.
     """
     key = mode.strip().lower()
+    if layout == "vigor":
+        # Ground panoramas against satellite tiles; the pair layouts' spellings mean the same roles.
+        if key in ("g2s", "g2a", "ground2sat", "ground2satellite", "street2sat", "street2satellite", "ground2aerial"):
+            return VIGOR_VIEWS
+        if key in ("s2g", "a2g", "sat2ground", "satellite2ground", "sat2street", "satellite2street", "aerial2ground"):
+            return VIGOR_VIEWS[1], VIGOR_VIEWS[0]
+        raise UserError(
+            f"dataset.mode={mode!r} does not apply to layout vigor (ground/satellite); set dataset.mode=G2S "
+            "(ground query, satellite gallery) or S2G"
+        )
     if layout in PAIR_LAYOUTS:
         canon = {k.lower(): k for k in _PAIR_DIRECTIONS}
         canon.update({k.lower(): v for k, v in _PAIR_ALIASES.items()})

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from configs.errors import UserError
-from extract.datasets import ImageList
+from extract.datasets import ImageList, display_name, name_problem
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -205,8 +205,17 @@ class ImageDataset(Dataset):
         return len(self.images)
 
     def load(self, i: int) -> torch.Tensor:
-        """Image ``i`` as a normalized float32 tensor [3, H, W]; raises UserError if it cannot be read."""
-        rgb = load_rgb(str(self.images.path(i)), self.images.names[i])
+        """Image ``i`` as a normalized float32 tensor [3, H, W]; raises UserError if it cannot be read,
+        or if its name could not be stored as a name (see :func:`~extract.datasets.name_problem`)."""
+        name = self.images.names[i]
+        problem = name_problem(name)
+        if problem is not None:
+            # Refused like an undecodable image, so --skip-bad leaves it out and lists it.
+            raise UserError(
+                f"image file name {display_name(name)} {problem}, so it could not be stored and read back "
+                "as a name; rename the file, or pass --skip-bad (extract.skip_bad=true)"
+            )
+        rgb = load_rgb(str(self.images.path(i)), name)
         if self.size is not None:
             h, w = self.size
             if rgb.size != (w, h):

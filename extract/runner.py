@@ -50,7 +50,7 @@ from cache.store import CacheStore, EntryWriter, check_alias
 from configs.errors import UserError
 from configs.naming import dataset_views, extracted_alias
 from configs.schema import Config
-from extract.datasets import ImageList, list_images
+from extract.datasets import ImageList, list_images, write_semi_positives
 
 ProgressFn = Callable[[str, int, int], None]  # (description, done, total)
 Layer = int | str
@@ -200,7 +200,7 @@ def image_lists(cfg: Config, store: CacheStore) -> list[ImageList]:
             "dataset.layout=geoalign_release holds GeoAlign's extracted features, not images; import them "
             "with `pipeline cache import`, or pick an image layout (u1652, sues200, cvusa, cvact, folder)"
         )
-    kw = {"split": cfg.dataset.split, "altitude": cfg.dataset.altitude}
+    kw = {"split": cfg.dataset.split, "altitude": cfg.dataset.altitude, "area": cfg.dataset.area}
     if layout == "folder":
         return [list_images("folder", root, v, **kw) for v in (cfg.dataset.views or ["images"])]
     return [list_images(layout, root, v, **kw) for v in dataset_views(cfg)]
@@ -276,7 +276,10 @@ def backbone_identity(cfg: Config, store: CacheStore) -> dict:
     """What identifies the network in a key: variant, weights digest (or random-init seed), overrides."""
     b = cfg.backbone
     if b.weights:
-        p = Path(b.weights)
+        from extract.hub import resolve_weights
+
+        # A Hub repo id is keyed by the digest of the files it resolves to, like a local folder.
+        p = Path(resolve_weights(b.weights))
         if not p.exists():
             raise UserError(f"backbone weights {p} do not exist; set backbone.weights=PATH to a checkpoint")
         digest = weights_digest(p, store.memo)
@@ -389,6 +392,7 @@ def entry_spec(
             "count": len(images),
             "strict": cfg.dataset.strict_digest,
             **_distractor_spec(images),
+            **images.key_fields,  # empty except for VIGOR lists: existing keys unchanged
         },
     }
 
@@ -462,9 +466,11 @@ class DinoModel(ExtractModel):
             raise UserError(
                 "pooling.name=none (spatial maps) is for backbone.name=vgg16; pick gem, avg, max or cls for DINOv3"
             )
+        from extract.hub import resolve_weights
+
         self.net = net or load_dinov3(
             cfg.backbone.name,
-            cfg.backbone.weights,
+            resolve_weights(cfg.backbone.weights),
             seed=cfg.backbone.seed,
             arch_overrides=cfg.backbone.arch or None,
         )
@@ -536,7 +542,9 @@ class VGGModel(ExtractModel):
         self.layers = list(dict.fromkeys(str(L) for L in cfg.backbone.layers))
         self._ends = {L: LAYER_END[L] for L in self.layers}
         self.ceil = _vgg_arch(cfg)["pool"] == "ceil"
-        self.net = load_vgg16(cfg.backbone.weights, seed=cfg.backbone.seed).to(device)
+        from extract.hub import resolve_weights
+
+        self.net = load_vgg16(resolve_weights(cfg.backbone.weights), seed=cfg.backbone.seed).to(device)
         if device.type == "cuda" and dtype == "float32":
             # float32 is in the key: keep cuDNN from running the convolutions in TF32.
             torch.backends.cudnn.allow_tf32 = False
@@ -976,6 +984,7 @@ def _extract_list(
                         "layer": L,
                         "batch_size": batch_size,
                         "ranks": ranks.world,
+                        **write_semi_positives(images, w.dir),
                     },
                     allow_empty=False,
                 )

@@ -13,23 +13,29 @@ with fixed settings, so the same arguments give byte-identical files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import io
 import json
 import math
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from configs.diskspace import disk_full_is_user_error, fsync_dir
 from configs.errors import UserError
 
 # Written at the dataset root: it lets a rerun recognise (and safely replace) its own earlier output,
 # and tells readers whether generation finished ("complete": true is written last).
 MARKER = "synthetic-u1652.json"
 JPEG_QUALITY = 90
+T = TypeVar("T")
 _FORMAT_VERSION = 1
 
 # Seed-stream purposes: a separate stream per purpose keeps one part of the generator from shifting
@@ -265,17 +271,131 @@ def _write_marker(root: Path, content: dict[str, Any]) -> None:
     os.replace(tmp, root / MARKER)
 
 
-def synthetic_summary(root: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The summary of a complete synthetic dataset at ``root``, or None if there is none (or it is partial)."""
-    marker = Path(root).expanduser() / MARKER
+def _read_marker(root: Path) -> dict[str, Any] | None:
     try:
-        content = json.loads(marker.read_text())
+        content = json.loads((root / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(content, dict) or not content.get("complete"):
+    return content if isinstance(content, dict) else None
+
+
+def synthetic_summary(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The summary of a complete synthetic dataset at ``root``, or None if there is none (or it is partial)."""
+    content = _read_marker(Path(root).expanduser())
+    if content is None or not content.get("complete"):
         return None
     summary = content.get("summary")
     return {"root": str(Path(root).expanduser()), **summary} if isinstance(summary, dict) else None
+
+
+# -- generating a dataset folder safely --------------------------------------------------------------
+# A generated dataset appears at its root in one rename, complete (marker written last inside it), so a
+# reader never sees half of it; generation holds a lock, so two processes never write one root, and the
+# second reuses what the first made; only folders carrying the generator's marker are ever deleted.
+
+
+def _abs(root: Path) -> Path:
+    """``root`` as an absolute path without resolving symlinks (its parent and name locate lock and temp)."""
+    path = Path(os.path.abspath(root))
+    if not path.name:
+        raise UserError(f"{root} cannot hold a generated dataset; choose a folder below it")
+    return path
+
+
+@contextlib.contextmanager
+def generation_lock(root: Path) -> Iterator[None]:
+    """Exclusive lock on generating ``root`` (an fcntl lock file beside it); a second process waits here."""
+    path = _abs(root)
+    with disk_full_is_user_error(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_if_generated(folder: Path, is_ours: Callable[[Path], bool], marker: str) -> None:
+    """Delete ``folder`` only if it carries the generator's marker, or holds nothing but its temporary."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    if is_ours(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for name in os.listdir(folder):
+        if name == marker + ".tmp":  # killed while writing the first marker: nothing else was written
+            (folder / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only if empty
+
+
+def refuse_foreign(root: Path, is_ours: Callable[[Path], bool], names: frozenset[str]) -> None:
+    """Refuse a ``root`` that is a file, or a non-empty folder this generator did not write (alone)."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"synthetic dataset root {root} is a file; choose a folder path")
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    if not is_ours(root):
+        raise UserError(
+            f"{root} is not empty and holds no synthetic dataset made by this tool; choose an empty "
+            "or new folder for the synthetic data"
+        )
+    foreign = sorted(set(os.listdir(root)) - names)
+    if foreign:
+        raise UserError(
+            f"{root} holds a synthetic dataset plus files the generator did not write ({', '.join(foreign[:3])}); "
+            "move them out, or choose another folder, before generating it again"
+        )
+
+
+def generate_atomically(
+    root: Path,
+    build: Callable[[Path], T],
+    *,
+    is_ours: Callable[[Path], bool],
+    names: frozenset[str],
+    marker: str,
+) -> T:
+    """``build(folder)`` into a fresh temporary folder beside ``root``, then rename it to ``root``.
+
+    Call under :func:`generation_lock`. ``build`` writes the marker first (incomplete) and last
+    (complete). An earlier dataset at ``root`` is replaced only if it carries the marker and holds only
+    ``names``. Any failure removes the temporary folder; a full disk is one line naming ``root``.
+    """
+    path = _abs(root)
+    refuse_foreign(path, is_ours, names)
+    # Leftovers of killed generations of this root (the lock says none is running): remove ours only.
+    pattern = glob.escape(path.name)
+    for stale in [*path.parent.glob(f".{pattern}.tmp-*"), *path.parent.glob(f".{pattern}.old-*")]:
+        _remove_if_generated(stale, is_ours, marker)
+    work = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with disk_full_is_user_error(path):
+            work.mkdir()
+            result = build(work)
+            if path.is_dir() and any(path.iterdir()):
+                old = path.parent / f".{path.name}.old-{os.getpid()}"
+                os.rename(path, old)
+                os.rename(work, path)
+                _remove_if_generated(old, is_ours, marker)
+            else:
+                if path.is_dir():
+                    path.rmdir()
+                os.rename(work, path)
+            fsync_dir(path.parent)
+    except BaseException:
+        _remove_if_generated(work, is_ours, marker)
+        raise
+    return result
+
+
+def _is_u1652(folder: Path) -> bool:
+    content = _read_marker(folder)
+    return content is not None and isinstance(content.get("params"), dict)
+
+
+_U1652_NAMES = frozenset({MARKER, MARKER + ".tmp", "test", "train"})
 
 
 def make_synthetic_u1652(
@@ -299,8 +419,11 @@ def make_synthetic_u1652(
         test/gallery_drone/<id>/image-XX.jpeg       locations + distractors
         train/satellite/<id>/<id>.jpg, train/drone/<id>/image-XX.jpeg   when train_locations > 0
 
-    Train places are disjoint from test places. An existing dataset written by this function at
-    ``root`` is replaced; any other non-empty folder is refused.
+    Train places are disjoint from test places. The dataset is written into a temporary folder beside
+    ``root`` and renamed into place, complete, under a lock: a second process asking for the same
+    dataset meanwhile waits, then reuses it. A complete dataset already at ``root`` with the same
+    parameters is reused as it is (same bytes, and same mtimes, hence the same cache keys); one with
+    other parameters is replaced; any other non-empty folder is refused.
 
     Returns:
         A summary: ``root``, the parameters, ``query_ids``, ``distractor_ids``, ``train_ids`` (lists of
@@ -327,19 +450,35 @@ def make_synthetic_u1652(
         raise UserError(f"synthetic dataset asks for {n_total} places but 4-digit ids allow 9999; use fewer")
 
     root_path = Path(root).expanduser()
-    if root_path.exists() and not root_path.is_dir():
-        raise UserError(f"synthetic dataset root {root_path} is a file; choose a folder path")
-    if root_path.is_dir() and any(root_path.iterdir()) and not (root_path / MARKER).exists():
-        raise UserError(
-            f"{root_path} is not empty and holds no synthetic dataset made by this tool; choose an empty "
-            "or new folder for the synthetic data"
+    refuse_foreign(root_path, _is_u1652, _U1652_NAMES)
+    with generation_lock(root_path):
+        done = _read_marker(root_path)
+        if (
+            done is not None
+            and done.get("complete")
+            and done.get("version") == _FORMAT_VERSION
+            and done.get("params") == params
+            and isinstance(done.get("summary"), dict)
+        ):
+            # Made meanwhile by another process (or earlier): identical arguments give identical files.
+            return {"root": str(root_path), **done["summary"]}
+        stored = generate_atomically(
+            root_path,
+            lambda work: _build_u1652(work, params),
+            is_ours=_is_u1652,
+            names=_U1652_NAMES,
+            marker=MARKER,
         )
-    root_path.mkdir(parents=True, exist_ok=True)
-    # Our own earlier output: remove it entirely so a smaller rerun leaves no stale places behind.
-    for sub in ("test", "train"):
-        if (root_path / sub).exists():
-            shutil.rmtree(root_path / sub)
-    _write_marker(root_path, {"complete": False, "version": _FORMAT_VERSION, "params": params})
+    return {"root": str(root_path), **stored}
+
+
+def _build_u1652(work: Path, params: dict[str, int]) -> dict[str, Any]:
+    """Write the dataset of :func:`make_synthetic_u1652` into ``work``; returns the stored summary."""
+    n_locations, n_distractors = params["n_locations"], params["n_distractors"]
+    views_per_location, size, seed = params["views_per_location"], params["size"], params["seed"]
+    train_locations = params["train_locations"]
+    n_total = n_locations + n_distractors + train_locations
+    _write_marker(work, {"complete": False, "version": _FORMAT_VERSION, "params": params})
 
     ids = _rng(seed, _IDS).choice(np.arange(1, 10000), size=n_total, replace=False)
     train_ids = sorted(int(i) for i in ids[:train_locations])
@@ -365,7 +504,7 @@ def make_synthetic_u1652(
     def put(split: str, view: str, pid: int, tile: bytes | None, views: list[bytes] | None) -> None:
         key = f"{split}/{view}"
         bid = f"{pid:04d}"
-        folder = root_path / split / view / bid
+        folder = work / split / view / bid
         if tile is not None:
             _write(folder / f"{bid}.jpg", tile)
             counts[key] = counts.get(key, 0) + 1
@@ -390,7 +529,6 @@ def make_synthetic_u1652(
         put("train", "drone", pid, None, views)
 
     summary: dict[str, Any] = {
-        "root": str(root_path),
         **params,
         "query_ids": [f"{i:04d}" for i in query_ids],
         "distractor_ids": [f"{i:04d}" for i in distractor_ids],
@@ -398,9 +536,6 @@ def make_synthetic_u1652(
         "counts": dict(sorted(counts.items())),
     }
     # The marker records the summary without the absolute root, so identical arguments give identical
-    # bytes wherever the dataset is written.
-    stored = {k: v for k, v in summary.items() if k != "root"}
-    _write_marker(
-        root_path, {"complete": True, "version": _FORMAT_VERSION, "params": params, "summary": stored}
-    )
+    # bytes wherever the dataset is written. Written last: it says the dataset is complete.
+    _write_marker(work, {"complete": True, "version": _FORMAT_VERSION, "params": params, "summary": summary})
     return summary

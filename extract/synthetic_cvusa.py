@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from configs.errors import UserError
+from extract.synthetic import generate_atomically, generation_lock, refuse_foreign
 
 TRAIN_CSV = "splits/train-19zl.csv"
 VAL_CSV = "splits/val-19zl.csv"
@@ -161,10 +162,27 @@ def _render_ground(rng: np.random.Generator, tile: np.ndarray, ground_size: tupl
     return np.clip(pano, 0, 255).astype(np.uint8)
 
 
+MARKER = "synthetic.json"
+_GENERATOR = "extract.synthetic_cvusa"
+_NAMES = frozenset({MARKER, MARKER + ".tmp", "bingmap", "streetview", "annotations", "splits"})
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _read_marker(root: Path) -> dict | None:
+    try:
+        content = json.loads((root / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) and content.get("generator") == _GENERATOR else None
+
+
+def _is_ours(folder: Path) -> bool:
+    return _read_marker(folder) is not None
 
 
 def make_synthetic_cvusa(
@@ -179,8 +197,10 @@ def make_synthetic_cvusa(
     """Write ``n_pairs`` ground/aerial pairs in CVUSA's layout; the first ``train_pairs`` are training.
 
     Sizes default to CVFT's network inputs (real CVUSA: 750×750 tiles, 224×1232 panoramas; pass those
-    to exercise the resizing). The split files are written last, so an interrupted run leaves no
-    split that points at missing images.
+    to exercise the resizing). The dataset is written into a temporary folder beside ``root`` and
+    renamed into place once complete (``synthetic.json`` says ``"complete": true``, written last), under
+    a lock: a concurrent call waits and then reuses it. A complete dataset with the same parameters is
+    reused; one with other parameters is replaced; a non-empty folder without the marker is refused.
     """
     if n_pairs < 2 or not 0 < train_pairs < n_pairs:
         raise UserError(
@@ -191,6 +211,43 @@ def make_synthetic_cvusa(
             f"aerial_size={aerial_size}, ground_size={ground_size} are too small; use ≥ 16 and ≥ 8"
         )
     root = Path(root).resolve()
+    params = {
+        "generator": _GENERATOR,
+        "seed": seed,
+        "n_pairs": n_pairs,
+        "train_pairs": train_pairs,
+        "aerial_size": aerial_size,
+        "ground_size": list(ground_size),
+    }
+    refuse_foreign(root, _is_ours, _NAMES)
+    with generation_lock(root):
+        done = _read_marker(root)
+        if not (
+            done is not None
+            and done.get("complete")
+            and all(done.get(k) == v for k, v in params.items())
+            and (root / VAL_CSV).is_file()
+        ):
+            generate_atomically(
+                root,
+                lambda work: _build(work, params, tuple(ground_size)),
+                is_ours=_is_ours,
+                names=_NAMES,
+                marker=MARKER,
+            )
+    return SyntheticCVUSA(root, root / TRAIN_CSV, root / VAL_CSV, train_pairs, n_pairs - train_pairs)
+
+
+def _build(root: Path, params: dict, ground_size: tuple[int, int]) -> None:
+    """Write the pairs of :func:`make_synthetic_cvusa` into ``root``; the marker first and, complete, last."""
+    n_pairs, train_pairs = params["n_pairs"], params["train_pairs"]
+    aerial_size, seed = params["aerial_size"], params["seed"]
+    marker = {
+        **params,
+        "polar": "column j: azimuth 2π(j+½)/W clockwise from south (centre = north); "
+        "row i: radius (S/2)(H−i−½)/H (top = far)",
+    }
+    _write_atomic(root / MARKER, json.dumps({**marker, "complete": False}, indent=2))
     for sub in ("bingmap/19", "streetview/panos", "annotations", "splits"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     lines = []
@@ -199,27 +256,11 @@ def make_synthetic_cvusa(
         name = f"{i + 1:07d}"
         tile, labels = _draw_tile(rng, aerial_size)
         tile_noisy = np.clip(tile + rng.normal(0.0, 4.0, size=tile.shape), 0, 255).astype(np.uint8)
-        pano = _render_ground(rng, tile, tuple(ground_size))
+        pano = _render_ground(rng, tile, ground_size)
         Image.fromarray(tile_noisy).save(root / f"bingmap/19/{name}.jpg", quality=90)
         Image.fromarray(pano).save(root / f"streetview/panos/{name}.jpg", quality=90)
         Image.fromarray(labels).save(root / f"annotations/{name}.png")
         lines.append(f"bingmap/19/{name}.jpg,streetview/panos/{name}.jpg,annotations/{name}.png\n")
-    _write_atomic(
-        root / "synthetic.json",
-        json.dumps(
-            {
-                "generator": "extract.synthetic_cvusa",
-                "seed": seed,
-                "n_pairs": n_pairs,
-                "train_pairs": train_pairs,
-                "aerial_size": aerial_size,
-                "ground_size": list(ground_size),
-                "polar": "column j: azimuth 2π(j+½)/W clockwise from south (centre = north); "
-                "row i: radius (S/2)(H−i−½)/H (top = far)",
-            },
-            indent=2,
-        ),
-    )
     _write_atomic(root / TRAIN_CSV, "".join(lines[:train_pairs]))
     _write_atomic(root / VAL_CSV, "".join(lines[train_pairs:]))
-    return SyntheticCVUSA(root, root / TRAIN_CSV, root / VAL_CSV, train_pairs, n_pairs - train_pairs)
+    _write_atomic(root / MARKER, json.dumps({**marker, "complete": True}, indent=2))

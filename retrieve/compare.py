@@ -1,7 +1,8 @@
 """``pipeline compare RUN RUN …``: one table of retrieval metrics across run folders.
 
 Each argument is a run folder (its ``metrics.json`` and those one level down, like the demo's ``raw/``
-and ``isms/``) or a ``metrics.json`` file. Every metrics.json becomes one row: where it came from, the
+and ``isms/``) or a ``metrics.json`` file. A run whose ``run.json`` says it is not complete (failed,
+still running) has no result and is skipped. Every other metrics.json becomes one row: where it came from, the
 protocol, direction, entries, sizes, R@K / R@1% / AP, how the top-K lists were served (index, recall
 against exact) and re-ranking (with the metrics without it). :func:`compare_runs` returns the rows, a
 Markdown table (best value of each metric in bold) and CSV text; :func:`write_comparison` writes
@@ -36,9 +37,11 @@ def metrics_files(path: Path) -> list[Path]:
     found = ([path / "metrics.json"] if (path / "metrics.json").is_file() else []) + sorted(
         path.glob("*/metrics.json")
     )
+    # A sweep folder: every point's run (points/<n>/) and the parts one level below it.
+    found += sorted(path.glob("points/*/metrics.json")) + sorted(path.glob("points/*/*/metrics.json"))
     if not found:
         raise UserError(
-            f"no metrics.json in {path} or its subfolders; give the run folders of retrieve, run or demo"
+            f"no metrics.json in {path} or its subfolders; give the run folders of retrieve, run, demo or sweep"
         )
     return found
 
@@ -72,17 +75,23 @@ def compare_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], str, str]:
         raise UserError("give at least one run folder to compare, e.g. `pipeline compare runs/a runs/b`")
     rows: list[dict[str, Any]] = []
     metric_keys: set[str] = set()
+    skipped: dict[str, str] = {}
     for arg in paths:
         arg = Path(arg)
         for f in metrics_files(arg):
-            m = _read(f)
             run_dir = arg if arg.is_dir() else f.parent
             part = os.path.relpath(f.parent, run_dir) if arg.is_dir() else "."
             status_dir = run_dir if (run_dir / "run.json").exists() else f.parent
+            status = _status(status_dir)
+            if (status_dir / "run.json").exists() and status != "complete":
+                # A run that failed or is still running has no result, whatever files its folder holds.
+                skipped[str(arg)] = status or "unknown"
+                continue
+            m = _read(f)
             row: dict[str, Any] = {
                 "run": str(arg),
                 "part": part,
-                "status": _status(status_dir),
+                "status": status,
                 **{k: m.get(k, "") for k in _INFO[3:]},
             }
             for k, v in m.items():
@@ -101,13 +110,21 @@ def compare_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], str, str]:
             row["AP_without_rerank"] = wo.get("AP", "")
             row["R@1_without_rerank"] = wo.get("R@1", "")
             rows.append(row)
+    if not rows:
+        run, status = next(iter(skipped.items()))
+        raise UserError(
+            f"no complete run to compare: {run} is {status!r} (run.json); rerun it, or give complete runs"
+        )
     metrics = sorted((k for k in metric_keys if k != "AP"), key=lambda k: (_k_of(k), k))
     metrics += ["AP"] if "AP" in metric_keys else []
     columns = _INFO + metrics + _TAIL
     for row in rows:
         for c in columns:
             row.setdefault(c, "")
-    return rows, _markdown(rows, columns, metrics), _csv(rows, columns)
+    markdown = _markdown(rows, columns, metrics)
+    if skipped:
+        markdown += "\nSkipped (not complete): " + ", ".join(f"{r} ({st})" for r, st in skipped.items()) + "\n"
+    return rows, markdown, _csv(rows, columns)
 
 
 def _fmt(column: str, v: Any) -> str:

@@ -3,7 +3,10 @@ cached themselves.
 
 Metrics never come from here (``retrieve.metrics`` computes them exactly); an index only answers "which
 K gallery items score highest for this query", approximately for the ANN kinds. All indexes use inner
-product (cosine on L2-normalised descriptors); gallery row ``i`` has id ``i``.
+product on L2-normalised rows, i.e. cosine: :func:`build_index` normalises every gallery row it adds
+and :func:`search` every query (:func:`l2_normalize_rows`, which the retrieval stage also applies to
+the exact pass), so entries from any source (extracted, aligned, imported) are scored alike; gallery
+row ``i`` has id ``i``.
 
 * **Streaming build**: the gallery arrives as chunks (cache shards, one in memory at a time). IVF kinds
   train their coarse quantizer (and product quantizer) on ``train_size`` rows drawn uniformly at random
@@ -14,7 +17,10 @@ product (cosine on L2-normalised descriptors); gallery row ``i`` has id ``i``.
   the gallery entry's key and the parameters that shape the built index (search-time ``nprobe`` /
   ``ef_search`` are not part of it, so changing them reuses the index). ``index.faiss`` is written to a
   temporary name and renamed; ``index.json``, written last, marks the index complete and records the
-  gallery's fingerprint (its shards' sha256s). An index whose gallery entry has changed since (same key,
+  gallery's fingerprint (its shards' sha256s) and the sha256 of ``index.faiss``, verified on every load
+  (a faiss file with flipped bytes can still parse and would serve wrong lists). An index whose
+  ``index.json`` is unreadable or lacks the checksum, or whose ``index.faiss`` does not match it, is
+  rebuilt, with a one-line note on stderr. An index whose gallery entry has changed since (same key,
   different shards) is stale: it is refused with a message, or rebuilt with ``rebuild=True``;
   :func:`stale_indexes` / :func:`gc_indexes` find and remove indexes whose gallery entry is gone or changed.
 * **Junk**: gallery rows labelled -1 stay in the index (it does not depend on the protocol) and are
@@ -32,6 +38,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,7 +49,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from cache.keys import canonical_json, content_key
+from cache.keys import canonical_json, content_key, file_sha256
 from cache.manifest import Manifest, read_manifest
 from cache.store import CacheStore, Entry
 from configs.errors import UserError
@@ -218,6 +225,65 @@ def _as_rows(chunk: Any) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float32)
 
 
+# Rows whose norm is this close to 1 are left bit-for-bit as they are: they are unit vectors up to
+# float32 rounding, and dividing by 1 ± 1 ulp would only move scores by rounding noise.
+_UNIT_TOLERANCE = 4 * float(np.finfo(np.float32).eps)
+
+
+def l2_normalize_rows(rows: Any, what: str, offset: int = 0) -> np.ndarray:
+    """``rows`` as float32 C-contiguous ``[n, d]`` with every row scaled to unit L2 norm (cosine scores).
+
+    Scores are documented as inner products of L2-normalised descriptors, and entries can come from
+    anywhere (an import of raw arrays included), so retrieval normalises at scoring time rather than
+    trusting the producer. Rows already of unit norm (within float32 rounding) are returned unchanged.
+    Rows holding NaN or inf are passed through for the metrics to refuse with their own message.
+
+    Raises:
+        UserError: an all-zero row (it has no direction); ``what`` names the set and ``offset`` is the
+            row number of ``rows[0]`` in it, so the message points at the right row.
+    """
+    src = np.asarray(rows)
+    a = np.ascontiguousarray(src.reshape(src.shape[0], -1), dtype=np.float32)
+    if a.size == 0:
+        return a
+    norms = np.sqrt(np.einsum("ij,ij->i", a, a))
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise UserError(
+            f"{what} has {zero.size} all-zero descriptor row(s) (first: row {offset + int(zero[0])}); a zero "
+            "vector has no direction, so its cosine scores are undefined: remove those rows or re-extract them"
+        )
+    scale = np.where(np.abs(norms - 1) <= _UNIT_TOLERANCE, np.float32(1), norms)
+    big = np.flatnonzero(np.isinf(norms))  # NaN/inf rows, or finite rows whose squares overflow float32
+    if np.all(scale == 1) and not big.size:
+        return a
+    if not np.may_share_memory(a, src):  # a is our own copy (e.g. float16 shards): scale it in place
+        out = a
+    else:
+        out = np.empty_like(a)
+    scale[big] = 1
+    scale[np.isnan(scale)] = 1  # NaN rows: left as they are for the metrics' NaN/inf refusal
+    np.divide(a, scale[:, None], out=out)
+    for i in big:
+        row = a[i].astype(np.float64)
+        if np.isfinite(row).all():
+            out[i] = (row / np.linalg.norm(row)).astype(np.float32)
+    return out
+
+
+def _normalized_chunks(chunks: Chunks, what: str) -> Chunks:
+    """``chunks`` with every chunk's rows flattened and L2-normalised (see :func:`l2_normalize_rows`)."""
+
+    def gen() -> Iterator[np.ndarray]:
+        offset = 0
+        for chunk in chunks():
+            a = _as_rows(chunk)
+            yield l2_normalize_rows(a, what, offset)
+            offset += a.shape[0]
+
+    return gen
+
+
 def build_index(
     chunks: Chunks,
     n_total: int,
@@ -225,13 +291,16 @@ def build_index(
     params: IndexParams,
     *,
     progress: Callable[[str, int, int], None] | None = None,
+    what: str = "the gallery",
 ) -> tuple[faiss.Index, dict[str, Any]]:
     """Build a CPU index from gallery chunks (arrays or ``(descriptors, labels)`` tuples, in row order).
 
-    ``chunks`` is called once (twice for IVF kinds: sampling, then adding). Returns the index and build
-    info (seconds, training rows, faiss' training warnings).
+    ``chunks`` is called once (twice for IVF kinds: sampling, then adding). Rows are L2-normalised as
+    they are read (:func:`l2_normalize_rows`; ``what`` names the gallery in its refusal of an all-zero
+    row). Returns the index and build info (seconds, training rows, faiss' training warnings).
     """
     p = params.resolved(n_total, dim)
+    chunks = _normalized_chunks(chunks, what)
     index = new_index(p, dim)
     info: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -316,7 +385,8 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores float32 [n, k], ids int64 [n, k]) per query, never returning ids in ``exclude``.
 
-    Missing results (an IVF probe that found fewer than ``k`` items) are id -1 with score -inf.
+    Queries are L2-normalised first, so scores are cosines. Missing results (an IVF probe that found
+    fewer than ``k`` items) are id -1 with score -inf.
     """
     n_total = served.ntotal
     excl = np.unique(np.asarray(exclude, dtype=np.int64)) if exclude is not None else np.zeros(0, np.int64)
@@ -333,6 +403,7 @@ def search(
             f"query descriptors have shape {list(q.shape)} but the index has dimension {served.index.d}; "
             "use descriptors from the same backbone, layer and pooling"
         )
+    q = l2_normalize_rows(q, "the query set")  # the index holds unit rows: scores are cosines
     fetch, sel = k, None
     if excl.size:
         if served.on_gpu:
@@ -426,7 +497,9 @@ def open_or_build(
     """The cached index of ``gallery`` for ``params``: reused when fresh, else built and cached.
 
     A cached index whose gallery entry changed since it was built is refused (UserError) unless
-    ``rebuild``, in which case it is rebuilt. ``info["index_cache"]`` says which happened.
+    ``rebuild``, in which case it is rebuilt. A cached index that cannot be trusted (unreadable
+    ``index.json``, no checksum, ``index.faiss`` not matching it, or not loadable) is rebuilt whatever
+    ``rebuild`` says, with a one-line note on stderr. ``info["index_cache"]`` says which happened.
     """
     p = params.resolved(gallery.count, gallery.dim)
     key = index_key(gallery.key, p)
@@ -436,59 +509,88 @@ def open_or_build(
         meta = _read_meta(d)
         status = "built"
         if meta is not None:
-            if meta.get("gallery_fingerprint") == fp and (d / INDEX_FILE).is_file():
+            problem = _untrusted(d, meta)
+            if problem is None and meta.get("gallery_fingerprint") != fp:
+                if not rebuild:
+                    raise UserError(
+                        f"the cached {p.kind} index {d} was built from a different version of gallery "
+                        f"{gallery.label} (entry {gallery.key[:12]} changed since); rerun with "
+                        "retrieve.rebuild_index=true to rebuild it, or delete that folder"
+                    )
+                status = "rebuilt (gallery entry changed)"
+            elif problem is None:
                 index = _read_index(d)
-                if index.ntotal == gallery.count and index.d == gallery.dim:
+                if index is not None and index.ntotal == gallery.count and index.d == gallery.dim:
+                    build_info = meta.get("build")
                     info = {
-                        **meta.get("build", {}),
+                        **(build_info if isinstance(build_info, dict) else {}),
                         "index_cache": "reused",
                         "index_key": key,
                         "path": str(d),
                     }
                     return ServedIndex(index, p, info=info)
-            if not rebuild:
-                raise UserError(
-                    f"the cached {p.kind} index {d} was built from a different version of gallery "
-                    f"{gallery.label} (entry {gallery.key[:12]} changed since); rerun with "
-                    "retrieve.rebuild_index=true to rebuild it, or delete that folder"
-                )
-            status = "rebuilt (gallery entry changed)"
+                problem = "index.faiss cannot be loaded or does not hold the gallery's rows"
+            if problem is not None:
+                # Not an error (the gallery is fine and the index is derived data), but never silent:
+                # a rebuild costs time, and a damaged cache is worth knowing about.
+                print(f"note: cached {p.kind} index {d}: {problem}; rebuilding it", file=sys.stderr, flush=True)
+                status = f"rebuilt ({problem})"
         if d.exists():
             shutil.rmtree(d)
-        index, build = build_index(entry_chunks(gallery), gallery.count, gallery.dim, p, progress=progress)
+        index, build = build_index(
+            entry_chunks(gallery), gallery.count, gallery.dim, p, progress=progress, what=f"gallery {gallery.label}"
+        )
         _write(d, index, key, gallery, fp, p, build)
     info = {**build, "index_cache": status, "index_key": key, "path": str(d)}
     return ServedIndex(index, p, info=info)
 
 
 def _read_meta(d: Path) -> dict | None:
+    """``index.json`` as a dict; None when there is none; ``{}`` when it is unreadable or not an object."""
     try:
-        return json.loads((d / META_FILE).read_text())
+        meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        return {}  # unreadable: treated as stale
+        return {}  # unreadable (also UnicodeDecodeError, a ValueError): treated as untrusted
+    return meta if isinstance(meta, dict) else {}
 
 
-def _read_index(d: Path) -> faiss.Index:
+def _untrusted(d: Path, meta: dict) -> str | None:
+    """Why the cached index in ``d`` cannot be used as it is, or None when index.faiss matches its checksum."""
+    if not meta:
+        return "index.json is unreadable"
+    want = meta.get("index_sha256")
+    if not isinstance(want, str):
+        return "index.json has no checksum of index.faiss (written by an older version)"
+    try:
+        got = file_sha256(d / INDEX_FILE)
+    except OSError:
+        return "index.faiss is missing or unreadable"
+    if got != want:
+        return "index.faiss does not match its checksum in index.json, so it is corrupted"
+    return None
+
+
+def _read_index(d: Path) -> faiss.Index | None:
+    """The faiss index in ``d``, or None when faiss cannot read it (the caller rebuilds it)."""
     try:
         return faiss.read_index(str(d / INDEX_FILE))
-    except RuntimeError as e:
-        raise UserError(
-            f"the cached index {d / INDEX_FILE} is unreadable ({str(e).splitlines()[-1][:120]}); "
-            "delete that folder and rerun"
-        ) from None
+    except RuntimeError:
+        return None
 
 
 def _write(
     d: Path, index: faiss.Index, key: str, gallery: Entry, fp: str, p: IndexParams, build: dict
 ) -> None:
-    """index.faiss via a temporary name + rename, then index.json (its presence = complete)."""
+    """index.faiss via a temporary name + rename, then index.json (its presence = complete) holding
+    index.faiss's sha256."""
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".{INDEX_FILE}.tmp-{os.getpid()}"
     faiss.write_index(index, str(tmp))
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
+    sha = file_sha256(tmp)
     os.replace(tmp, d / INDEX_FILE)
     meta = {
         "key": key,
@@ -496,6 +598,8 @@ def _write(
         "gallery": gallery.key,
         "gallery_alias": gallery.manifest.alias,
         "gallery_fingerprint": fp,
+        "index_sha256": sha,
+        "rows": "l2-normalised",
         "ntotal": int(index.ntotal),
         "dim": int(index.d),
         "params": asdict(p),

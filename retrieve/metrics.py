@@ -12,6 +12,12 @@ Protocols (see REFERENCE.md, "Metric protocols"):
   with a strictly smaller distance ``2 - 2 * score``; R@K = share of queries with rank < K;
   R@1% = share with rank < int(0.01 * G). Labels do not define matches (no junk) and there is no AP;
   where both sides carry pair ids (labels >= 0), row i must hold the same id on both, else it is an error.
+* ``vigor`` -- Sample4Geo's ``evaluate/vigor.py`` (``calculate_scores``): each ground query has one
+  positive satellite (the gallery item with its label); its rank is the number of gallery items scoring
+  strictly higher; R@K = share of queries with rank < K; R@1% = share with rank < G // 100 (floor);
+  ``hit_rate`` = share of queries where nothing but the query's three semi-positives (``semi_positives``,
+  gallery labels) scores strictly higher than the positive. No AP. Junk (-1) is removed as under
+  ``u1652``; VIGOR galleries have none. With several positives the best one is used.
 
 Under every protocol a query without any positive counts in the denominator but adds nothing, all
 averages divide by the number of queries, ``G`` is the number of gallery items as given (junk included,
@@ -57,7 +63,7 @@ import torch
 
 from configs.errors import UserError
 
-PROTOCOLS = ("u1652", "geoalign", "cvft")
+PROTOCOLS = ("u1652", "geoalign", "cvft", "vigor")
 JUNK_LABEL = -1
 
 # Target size of one block's score matrix (float32 queries x gallery-chunk items).
@@ -79,6 +85,8 @@ class QueryResults:
     topk: np.ndarray  # int64 [n_q, K]: gallery row indices (junk excluded), best first
     topk_scores: np.ndarray  # float32 [n_q, K]: their scores
     n_positives: np.ndarray  # int64 [n_q]: number of positives in the gallery
+    # vigor: bool [n_q], no gallery item but the query's semi-positives scores above its positive
+    hit: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -96,6 +104,7 @@ def evaluate(
     topk: int = 10,
     device: str | torch.device = "cpu",
     block_size: int | None = None,
+    semi_positives: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], QueryResults]:
     """Evaluate in-memory query and gallery descriptors; returns (metrics in percent, per-query results)."""
     return evaluate_streaming(
@@ -107,6 +116,7 @@ def evaluate(
         topk=topk,
         device=device,
         block_size=block_size,
+        semi_positives=semi_positives,
     )
 
 
@@ -120,12 +130,15 @@ def evaluate_streaming(
     topk: int = 10,
     device: str | torch.device = "cpu",
     block_size: int | None = None,
+    semi_positives: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], QueryResults]:
     """Evaluate against a gallery given as chunks ``(descriptors [n_i, d], labels [n_i])``, in row order.
 
     ``gallery_chunks`` is called once or twice and must return a fresh iterator over the same chunks
     each time (labels may be None under ``cvft``). Only one chunk (two while the first is peeked at)
     is held in memory at a time. ``block_size`` = queries per block (default: a ~256 MB score block).
+    ``semi_positives`` (``vigor`` only): int64 ``[n_q, m]`` gallery labels of each query's semi-positives,
+    -1 for none; without them ``hit_rate`` equals R@1.
     """
     protocol = _check_protocol(protocol)
     ks = _check_ks(ks)
@@ -143,6 +156,7 @@ def evaluate_streaming(
         raise UserError("the gallery is empty (no chunks): point the evaluation at a non-empty gallery")
     second = next(first_iter, None)
     ev = _Evaluation(q, ql, protocol, int(topk), dev, block_size)
+    ev.set_semi_positives(semi_positives)
     with torch.inference_mode():
         if second is None:
             # One chunk: a single pass, thresholds taken from the very score blocks that are counted.
@@ -190,6 +204,7 @@ def evaluate_scores(
     topk: int = 10,
     device: str | torch.device = "cpu",
     block_size: int | None = None,
+    semi_positives: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], QueryResults]:
     """Evaluate a precomputed score matrix ``[n_q, n_g]`` (higher = better; e.g. minus a re-ranked distance).
 
@@ -206,6 +221,7 @@ def evaluate_scores(
     dev = _resolve_device(device)
     # Stand-in descriptors of dimension 0: everything but the scores is the ordinary evaluation.
     ev = _ScoreEvaluation(s, np.zeros((n_q, 0), np.float32), ql, protocol, int(topk), dev, block_size)
+    ev.set_semi_positives(semi_positives)
     with torch.inference_mode():
         chunk = ev.read_chunk((np.zeros((n_g, 0), np.float32), gallery_labels), 0, 0)
         ev.finish_scan()
@@ -229,6 +245,12 @@ def summarize(results: QueryResults, protocol: str, n_gallery: int, ks: Sequence
     out: dict[str, Any] = {"protocol": protocol, "n_queries": int(n_q), "n_gallery": int(n_gallery)}
     for k in ks:
         out[f"R@{k}"] = 100.0 * float(np.count_nonzero(found & (first < k))) / n_q
+    if protocol == "vigor":
+        # Sample4Geo appends R // 100 to its ranks and counts ranking < k.
+        out["R@1%"] = 100.0 * float(np.count_nonzero(found & (first < n_gallery // 100))) / n_q
+        hit = results.hit if results.hit is not None else (first == 0)
+        out["hit_rate"] = 100.0 * float(np.count_nonzero(found & np.asarray(hit, dtype=bool))) / n_q
+        return out
     if protocol == "cvft":
         # CVFT's validate(dist, top_k=int(0.01 * N)) counts rank < int(0.01 * N).
         out["R@1%"] = 100.0 * float(np.count_nonzero(found & (first < int(0.01 * n_gallery)))) / n_q
@@ -345,6 +367,8 @@ class _Chunk:
     offset: int  # global row of the chunk's first row
     pair_q: np.ndarray | None = None  # int64: query index of each positive pair in the chunk, sorted
     pair_col: np.ndarray | None = None  # int64: its kept-column index
+    semi_q: np.ndarray | None = None  # vigor: query index of each semi-positive pair in the chunk
+    semi_col: np.ndarray | None = None  # int64: its kept-column index
 
     @property
     def n_kept(self) -> int:
@@ -365,6 +389,7 @@ class _Block:
     pos_greater: torch.Tensor | None = None  # int64 [b, P] positives with a greater score
     top_v: torch.Tensor | None = None  # float32 [b, K], None until the first chunk
     top_i: torch.Tensor | None = None  # int64 [b, K]
+    semi_above: torch.Tensor | None = None  # vigor: int64 [b] semi-positives scoring above the best positive
 
     @property
     def max_pos(self) -> int:
@@ -373,6 +398,10 @@ class _Block:
 
 class _Evaluation:
     """Holds queries, per-query positives and the running counters of one evaluation."""
+
+    # vigor: semi-positive (label, query) pairs sorted by label; None for every other protocol.
+    _semi_lab: np.ndarray | None = None
+    _semi_q: np.ndarray | None = None
 
     def __init__(
         self,
@@ -449,6 +478,8 @@ class _Evaluation:
             desc = np.zeros((0, self.dim), dtype=np.float32)
         chunk = _Chunk(desc=desc, rows=rows, labels=lab, n_rows=n_rows, offset=offset)
         chunk.pair_q, chunk.pair_col = self.positive_pairs(chunk)
+        if self._semi_lab is not None:
+            chunk.semi_q, chunk.semi_col = self.semi_pairs(chunk)
         if not second_pass:
             self.n_gallery += n_rows
             self.n_kept += chunk.n_kept
@@ -494,6 +525,56 @@ class _Evaluation:
         cols = g_order[run_start + np.arange(total)]
         order = np.argsort(q_idx, kind="stable")
         return q_idx[order], cols[order]
+
+    def set_semi_positives(self, semi: Any) -> None:
+        """``vigor``: each query's semi-positives (gallery labels ``[n_q, m]``, -1 = none) as (query, label)
+        pairs sorted by label; labels equal to the query's own (a positive already) are left out."""
+        self._semi_q = None
+        self._semi_lab = None
+        if semi is None or self.protocol != "vigor":
+            return
+        if isinstance(semi, torch.Tensor):
+            semi = semi.detach().cpu().numpy()
+        a = np.asarray(semi)
+        if a.ndim != 2 or a.shape[0] != self.n_q or not np.issubdtype(a.dtype, np.integer):
+            raise UserError(
+                f"semi_positives must be an integer array [n_queries={self.n_q}, m] of gallery labels, got "
+                f"shape {a.shape} ({a.dtype}); give one row of semi-positive labels per query"
+            )
+        assert self.ql is not None
+        q = np.repeat(np.arange(self.n_q, dtype=np.int64), a.shape[1])
+        lab = a.astype(np.int64).reshape(-1)
+        keep = (lab >= 0) & (lab != self.ql[q])
+        pairs = np.unique(np.stack([lab[keep], q[keep]], 1), axis=0)  # by label, duplicates dropped
+        self._semi_lab, self._semi_q = pairs[:, 0].copy(), pairs[:, 1].copy()
+
+    def semi_pairs(self, chunk: _Chunk) -> tuple[np.ndarray, np.ndarray]:
+        """(query index, kept-column index) of every semi-positive pair in ``chunk``."""
+        assert self._semi_lab is not None and self._semi_q is not None and chunk.labels is not None
+        if chunk.n_kept == 0 or self._semi_lab.size == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        g_order = np.argsort(chunk.labels, kind="stable")
+        g_sorted = chunk.labels[g_order]
+        lo = np.searchsorted(g_sorted, self._semi_lab, side="left")
+        cnt = np.searchsorted(g_sorted, self._semi_lab, side="right") - lo
+        total = int(cnt.sum())
+        q_idx = np.repeat(self._semi_q, cnt)
+        cols = g_order[np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)]
+        return q_idx, cols
+
+    def _count_semi_above(self, blk: _Block, s: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> None:
+        """vigor: add, per query, the semi-positives scoring strictly above its best positive, read from
+        the very score block the other items were counted in (so the two counts agree on ties)."""
+        assert blk.thresholds is not None
+        if blk.semi_above is None:
+            blk.semi_above = torch.zeros(blk.stop - blk.start, dtype=torch.int64, device=self.dev)
+        if rows.size == 0:
+            return
+        r = torch.from_numpy(rows).to(self.dev)
+        v = s[r, torch.from_numpy(cols).to(self.dev)]
+        # Thresholds ascend per row (+inf padded): the best positive is at n_pos - 1; +inf without one.
+        best = blk.thresholds.gather(1, (blk.n_pos_dev - 1).clamp(min=0)[:, None].to(torch.int64))[:, 0]
+        blk.semi_above.index_add_(0, r, (v > best[r]).to(torch.int64))
 
     def finish_scan(self) -> None:
         """Checks that need the whole gallery's size."""
@@ -588,6 +669,11 @@ class _Evaluation:
         order = np.argsort(pq, kind="stable")
         pq, cols = pq[order], cols[order]
         bounds = np.searchsorted(pq, [blk.start for blk in self.blocks] + [self.n_q])
+        if chunk.semi_q is not None:
+            sq = self.inv_perm[chunk.semi_q]
+            s_order = np.argsort(sq, kind="stable")
+            sq, scols = sq[s_order], chunk.semi_col[s_order]
+            s_bounds = np.searchsorted(sq, [blk.start for blk in self.blocks] + [self.n_q])
         for bi, blk in enumerate(self.blocks):
             s = self.score_block(blk, g, chunk)
             self._merge_topk(blk, s, rows)
@@ -604,6 +690,9 @@ class _Evaluation:
                 # greater - pos_greater is exactly the number of negatives ranked above each positive.
                 end = _count_below(blk.keys, blk.thresholds.shape[1], prow, pval)
                 _add_ranges(blk.pos_greater, prow, torch.zeros_like(end), end)
+            if chunk.semi_q is not None:
+                lo, hi = s_bounds[bi], s_bounds[bi + 1]
+                self._count_semi_above(blk, s, sq[lo:hi] - blk.start, scols[lo:hi])
             del s
 
     def score_block(self, blk: _Block, g: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
@@ -631,6 +720,7 @@ class _Evaluation:
         ap = np.zeros(self.n_q, dtype=np.float64)
         top_v = np.empty((self.n_q, self.k), dtype=np.float32)
         top_i = np.empty((self.n_q, self.k), dtype=np.int64)
+        hit = np.zeros(self.n_q, dtype=bool)
         for blk in self.blocks:
             sl = slice(blk.start, blk.stop)
             assert blk.top_v is not None and blk.top_i is not None
@@ -643,15 +733,21 @@ class _Evaluation:
                 continue
             neg_above = (blk.greater - blk.pos_greater).cpu().numpy()
             first[sl], ap[sl] = _ranks_to_metrics(neg_above, blk.n_pos, self.protocol)
+            if self.protocol == "vigor":
+                semi = blk.semi_above.cpu().numpy() if blk.semi_above is not None else 0
+                hit[sl] = (blk.n_pos > 0) & (first[sl] - semi == 0)
         inv = self.inv_perm
         if self.protocol == "cvft":
             ap[:] = np.nan
+        if self.protocol == "vigor":
+            ap[:] = np.nan  # Sample4Geo's VIGOR evaluation has no AP
         return QueryResults(
             first_rank=first[inv],
             ap=ap[inv],
             topk=top_i[inv],
             topk_scores=top_v[inv],
             n_positives=self.n_pos.copy(),
+            hit=hit[inv] if self.protocol == "vigor" else None,
         )
 
 

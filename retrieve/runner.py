@@ -28,6 +28,7 @@ from configs.errors import UserError
 from configs.naming import default_retrieval_pair
 from configs.run import RunFolder, write_json_atomic
 from configs.schema import Config
+from retrieve.indexes import l2_normalize_rows
 from retrieve.metrics import QueryResults
 
 DEFAULT_TOPK = 10
@@ -121,6 +122,10 @@ def run_retrieval(
     if n_rankable == 0:
         raise UserError(f"gallery {gallery} has only junk items (label -1); nothing can be retrieved")
     topk = resolve_topk(rc.topk, n_rankable, gallery)
+    if rc.geo:
+        from retrieve.geo import geo_topk
+
+        topk = geo_topk(rc.topk, topk, ks, n_rankable)
     if rc.rerank == "k_reciprocal":
         from retrieve.rerank import check_rerank_size
 
@@ -128,13 +133,46 @@ def run_retrieval(
     device = _device(rc.device)
 
     q_desc, q_labels, q_names = qe.read()
-    q_desc = q_desc.reshape(q_desc.shape[0], -1)
+    # Cosine, whatever produced the entries: rows are L2-normalised here, at scoring time (the exact
+    # pass, the ANN index and re-ranking alike), not trusted to be unit vectors already.
+    q_desc = l2_normalize_rows(q_desc, f"query set {query}")
+    n_views = q_desc.shape[0]
+    if rc.multi_query:  # University-1652's multi-query: one query per location (retrieve/submission.py)
+        from retrieve.submission import multi_query
+
+        if protocol == "cvft":
+            raise UserError("retrieve.multi_query needs labelled locations; it does not apply to protocol=cvft")
+        q_desc, q_labels, q_names = multi_query(q_desc, q_labels, q_names)
+    answer_order = None
+    if rc.answer:  # checked before the expensive pass: a wrong order file fails fast
+        from retrieve.submission import ANSWER_TOPK, answer_rows
+
+        if topk < min(ANSWER_TOPK, n_rankable):
+            raise UserError(
+                f"retrieve.answer writes the top {ANSWER_TOPK} per query but retrieve.topk={topk}; "
+                f"leave retrieve.topk unset or set it to {ANSWER_TOPK} or more"
+            )
+        answer_order = answer_rows(rc.answer_order, q_names)
+
+    semi, positions = None, None
+    if protocol == "vigor" or rc.geo:  # read before the expensive pass: a missing one fails fast
+        from retrieve import geo
+
+        if protocol == "vigor":
+            semi = geo.semi_positives_for(cfg, store, qe, query)
+        if rc.geo:
+            q_root, g_root = image_root(store, qe.manifest), image_root(store, ge.manifest)
+            positions = geo.entry_positions(cfg, q_names, ge.names(), q_root, g_root)
 
     def chunks():
+        offset = 0
         for d, lab, _ in ge.iter_chunks():
-            yield d.reshape(d.shape[0], -1), lab
+            yield l2_normalize_rows(d, f"gallery {gallery}", offset), lab
+            offset += d.shape[0]
 
-    summary, results = evaluate_streaming(q_desc, q_labels, chunks, protocol, ks=ks, topk=topk, device=device)
+    summary, results = evaluate_streaming(
+        q_desc, q_labels, chunks, protocol, ks=ks, topk=topk, device=device, semi_positives=semi
+    )
     metrics: dict[str, Any] = {
         "protocol": protocol,
         "direction": f"{_view(qe)}->{_view(ge)}",
@@ -166,6 +204,18 @@ def run_retrieval(
         curves = [("re-ranked", final.first_rank), ("without re-ranking", results.first_rank)]
 
     g_names = ge.names()
+    if rc.multi_query:
+        metrics["multi_query"] = {"views": int(n_views), "queries": int(q_desc.shape[0])}
+    if answer_order is not None:
+        from retrieve.submission import answer_path, write_answer
+
+        metrics["answer"] = str(write_answer(answer_path(rc.answer, out_dir), answer_order, lists[0], g_names))
+    if positions is not None:  # from the exact (or re-ranked) lists, like every other metric
+        from retrieve.geo import geo_metrics
+
+        metrics.update(
+            geo_metrics(*positions, final.topk, ks, scale=rc.sdm_scale, ma_metres=rc.ma_metres)
+        )
     _write_per_query(out_dir / "per_query.csv", q_names, q_labels, final, lists[0], g_names)
     if rc.report:
         metrics["report"] = _write_reports(
@@ -257,10 +307,10 @@ def _rerank(
     from retrieve.rerank import k_reciprocal_distance
 
     rc = cfg.retrieve
-    g_desc = ge.read()[0]
+    g_desc = l2_normalize_rows(ge.read()[0], f"gallery {ge.label}")
     dist = k_reciprocal_distance(
         q_desc,
-        g_desc.reshape(g_desc.shape[0], -1),
+        g_desc,
         k1=rc.k1,
         k2=rc.k2,
         lambda_value=rc.lambda_value,

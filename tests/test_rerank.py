@@ -63,7 +63,14 @@ def test_vectorised_rerank_matches_the_per_item_recipe(k1, k2, lam):
     ref = reference_rerank(q, g, k1, k2, lam)
     assert ours.shape == (30, 70) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, ref, atol=2e-6)
-    np.testing.assert_array_equal(np.argsort(ours, axis=1)[:, :10], np.argsort(ref, axis=1)[:, :10])
+    # The ranking a user gets must be the recipe's ranking. Items whose distances are equal within
+    # float tolerance (with lambda 0 many Jaccard distances are exactly 1) may come in any order, so
+    # compare orders through the reference distances instead of comparing argsort indices.
+    ours_order = np.argsort(ours, axis=1, kind="stable")
+    ref_along_ours = np.take_along_axis(ref, ours_order, axis=1)
+    assert np.all(np.diff(ref_along_ours, axis=1) >= -4e-6), "our ranking contradicts the recipe's"
+    # The top-10 lists hold the same distances: they differ at most by which of several tied items made it.
+    np.testing.assert_allclose(ref_along_ours[:, :10], np.sort(ref, axis=1)[:, :10], atol=4e-6)
 
 
 def test_reranked_ranks_come_from_the_reranked_distances():

@@ -1,0 +1,361 @@
+"""The feature files other CVGL/VPR tools write, read into the cache and written back out.
+
+Formats (as the tools write them):
+
+* ``mat`` -- University-1652's ``pytorch_result.mat`` (``test.py`` saves it with ``scipy.io.savemat``,
+  ``evaluate_gpu.py`` reads it): ``query_f`` [n_q, d] and ``gallery_f`` [n_g, d] float descriptors,
+  ``query_label`` / ``gallery_label`` (saved as 1 x n rows) and, in later versions of the script,
+  ``query_path`` / ``gallery_path`` (char matrices, one path per row, space padded). Import gives two
+  entries, ``<alias>.query`` and ``<alias>.gallery``; export writes one side of the file per entry and
+  keeps the other side of an existing file, so exporting a query entry and then a gallery entry into
+  the same folder gives a complete file that ``evaluate_gpu.py`` reads.
+* ``hloc`` -- hloc's global-descriptor HDF5 (``extract_features.py`` with a global model such as
+  NetVLAD): one group per image name (names with ``/`` become nested groups), each holding a
+  ``global_descriptor`` dataset [d]. Rows are the image names in sorted order.
+* ``vpr`` -- VPR-methods-evaluation's ``--save_descriptors`` output: two float32 arrays in the log
+  folder, ``database_descriptors.npy`` [n_db, d] and ``queries_descriptors.npy`` [n_q, d] (current
+  ``main.py``; an older version pickled one ``global_features.pickle`` array with the database rows
+  first, which is not read: pickles can run code). The tool saves no names: rows follow its image
+  order (sorted glob of each folder), and ``--names`` may give them, database first then queries, one
+  per line. Import gives ``<alias>.database`` and ``<alias>.queries``.
+
+Labels of hloc and VPR rows: ``--labels`` (an int ``.npy``, one per row in the same order) when given,
+else the image's parent folder when every name has an integer one (University-1652's ``<id>/<image>``
+layout), else -1 (unknown).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from cache.store import CacheStore, Entry
+from configs.errors import UserError
+
+FIELD_IMPORT_FORMATS = ("mat", "hloc", "vpr")
+FIELD_EXPORT_FORMATS = ("mat",)
+MAT_SIDES = ("query", "gallery")
+MAT_FILE = "pytorch_result.mat"
+VPR_FILES = {"database": "database_descriptors.npy", "queries": "queries_descriptors.npy"}
+HLOC_DATASET = "global_descriptor"
+_INT_FOLDER = re.compile(r"-?[0-9]+")
+
+
+def detect_field_format(source: Path) -> str | None:
+    """The field format ``source`` is in, or None when it is one of the plain formats (npy, h5, geoalign)."""
+    if source.is_dir():
+        return "vpr" if all((source / f).is_file() for f in VPR_FILES.values()) else None
+    if source.name in VPR_FILES.values():
+        return "vpr"
+    suffix = source.suffix.lower()
+    if suffix == ".mat":
+        return "mat"
+    if suffix in (".h5", ".hdf5"):
+        import h5py
+
+        try:
+            with h5py.File(source, "r") as f:
+                # Our own array files hold a root 'descriptors' dataset; hloc's hold only groups.
+                if "descriptors" in f:
+                    return None
+                return "hloc" if _hloc_names(f, limit=1) else None
+        except OSError:
+            return None  # the plain reader names the problem
+    return None
+
+
+def import_field_format(
+    store: CacheStore,
+    source: Path,
+    fmt: str,
+    *,
+    alias: str | None,
+    labels: Path | None,
+    names: Path | None,
+) -> list[tuple[str, Entry]]:
+    """Import ``source`` in field format ``fmt``; returns (alias, entry) per imported entry."""
+    if fmt == "mat":
+        if labels is not None or names is not None:
+            raise UserError(
+                f"--labels/--names do not apply to {source}: pytorch_result.mat carries its own labels and paths"
+            )
+        return import_u1652_mat(store, source, alias=alias)
+    if fmt == "hloc":
+        return [import_hloc(store, source, alias=alias, labels=labels)]
+    if fmt == "vpr":
+        return import_vpr(store, source, alias=alias, labels=labels, names=names)
+    raise UserError(f"unknown import format {fmt!r}; use {', '.join(FIELD_IMPORT_FORMATS)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# University-1652's pytorch_result.mat
+
+
+def _loadmat(path: Path) -> dict:
+    import scipy.io
+
+    try:
+        return scipy.io.loadmat(str(path))
+    except NotImplementedError:
+        raise UserError(
+            f"{path} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it with "
+            "scipy.io.savemat or MATLAB's save -v7"
+        ) from None
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{path} is not a readable .mat file ({e}); give University-1652's pytorch_result.mat") from None
+
+
+def _mat_labels(value: np.ndarray, path: Path, key: str) -> np.ndarray:
+    lab = np.asarray(value).reshape(-1)
+    if lab.dtype.kind == "f" and np.isfinite(lab).all() and (lab == np.round(lab)).all():
+        lab = lab.astype(np.int64)  # MATLAB saves integers as doubles by default
+    if lab.dtype.kind not in "iu":
+        raise UserError(f"{key} in {path} holds {lab.dtype} values, expected integer labels")
+    return lab.astype(np.int64)
+
+
+def _mat_paths(value: np.ndarray) -> list[str]:
+    """Rows of a char matrix (space padded by savemat) or a cell array, as strings."""
+    arr = np.asarray(value)
+    if arr.dtype.kind == "U":
+        return [str(s).rstrip() for s in arr.reshape(-1)]
+    out = []
+    for cell in arr.reshape(-1):  # a cell array: each cell a 1-element char array
+        out.append(str(np.asarray(cell).reshape(-1)[0]).rstrip() if np.asarray(cell).size else "")
+    return out
+
+
+def _view_of(names: list[str], fallback: str) -> str:
+    """University-1652 paths end in <view>/<id>/<image>: the view folder when all rows share it."""
+    views = {PurePosixPath(n.replace("\\", "/")).parent.parent.name for n in names}
+    v = views.pop() if len(views) == 1 else ""
+    return v if v and v not in (".", "..") else fallback
+
+
+def import_u1652_mat(store: CacheStore, path: Path, *, alias: str | None) -> list[tuple[str, Entry]]:
+    """Import ``pytorch_result.mat`` as ``<alias>.query`` and ``<alias>.gallery`` (alias default: the stem)."""
+    from cache.importers import import_arrays
+
+    m = _loadmat(path)
+    required = [f"{s}_{k}" for s in MAT_SIDES for k in ("f", "label")]
+    missing = [k for k in required if k not in m]
+    if missing:
+        present = sorted(k for k in m if not k.startswith("__"))
+        raise UserError(
+            f"{path} lacks {', '.join(missing)} (it holds {', '.join(present) or 'no variables'}); "
+            "give University-1652's pytorch_result.mat with query_f, query_label, gallery_f, gallery_label"
+        )
+    base = alias or path.stem
+    out = []
+    for side in MAT_SIDES:
+        desc = np.asarray(m[f"{side}_f"])
+        if desc.dtype.kind not in "fiu":
+            raise UserError(f"{side}_f in {path} holds {desc.dtype} values, expected float descriptors")
+        desc = desc.astype(np.float32, copy=False)
+        lab = _mat_labels(m[f"{side}_label"], path, f"{side}_label")
+        if f"{side}_path" in m:
+            names = _mat_paths(m[f"{side}_path"])
+            view = _view_of(names, side)
+        else:
+            names = [f"{side}/{i:07d}" for i in range(desc.shape[0])]
+            view = side
+        a = f"{base}.{side}"
+        entry = import_arrays(
+            store,
+            desc,
+            lab,
+            names,
+            alias=a,
+            view=view,
+            source={"format": "mat", "path": str(path), "side": side},
+        )
+        out.append((a, entry))
+    return out
+
+
+def _mat_side(entry: Entry, side: str | None) -> str:
+    if side:
+        if side not in MAT_SIDES:
+            raise UserError(f"--view {side!r} is not query or gallery (the side of pytorch_result.mat to write)")
+        return side
+    v = str(entry.manifest.extra.get("view") or entry.label)
+    for s in MAT_SIDES:
+        if s in v:
+            return s
+    raise UserError(f"cannot tell whether {entry.label} is the query or the gallery side; pass --view query|gallery")
+
+
+def export_u1652_mat(entry: Entry, out: Path, *, side: str | None = None) -> Path:
+    """Write ``entry`` as one side (``query_*`` or ``gallery_*``) of ``<out>/pytorch_result.mat``.
+
+    The other side of an existing file is kept, so a query export and a gallery export into one folder
+    give the complete file University-1652's ``evaluate_gpu.py`` reads. Written to a temporary name and
+    renamed: a reader never sees a half-written file.
+    """
+    import scipy.io
+
+    s = _mat_side(entry, side)
+    desc, labels, names = entry.read()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / MAT_FILE
+    data: dict[str, np.ndarray] = {}
+    if target.exists():
+        old = _loadmat(target)
+        other = [k for k in old if not k.startswith("__") and not k.startswith(f"{s}_")]
+        data.update({k: old[k] for k in other})
+    data[f"{s}_f"] = np.ascontiguousarray(desc.reshape(desc.shape[0], -1), dtype=np.float32)
+    data[f"{s}_label"] = np.asarray(labels, np.int64)
+    # savemat pads a list of strings into a char matrix; the reader strips the padding again.
+    data[f"{s}_path"] = np.array(names, dtype=str) if names else np.array([], dtype=str)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            scipy.io.savemat(f, data, do_compression=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# hloc and VPR-methods-evaluation
+
+
+def _read_labels(path: Path | None, names: list[str], source: Path) -> np.ndarray:
+    """``--labels`` when given, else integer parent folders, else -1 (unknown)."""
+    if path is not None:
+        if not path.is_file():
+            raise UserError(f"labels file {path} not found; give --labels labels.npy with one int per row")
+        try:
+            lab = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path} is not a readable .npy array ({e})") from None
+        if not np.issubdtype(lab.dtype, np.integer):
+            raise UserError(f"labels in {path} are {lab.dtype}, expected integers")
+        lab = lab.reshape(-1).astype(np.int64)
+        if lab.shape[0] != len(names):
+            raise UserError(f"{path} holds {lab.shape[0]} labels but {source} has {len(names)} rows; give one per row")
+        return lab
+    folders = [PurePosixPath(n).parent.name for n in names]
+    if folders and all(_INT_FOLDER.fullmatch(f) for f in folders):
+        return np.array([int(f) for f in folders], np.int64)
+    return np.full(len(names), -1, np.int64)
+
+
+def _hloc_names(f, limit: int | None = None) -> list[str]:
+    """Image names of an hloc file: the group path of every ``global_descriptor`` dataset."""
+    import h5py
+
+    found: list[str] = []
+
+    def visit(name: str, obj) -> bool | None:
+        if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] == HLOC_DATASET:
+            found.append(name.rsplit("/", 1)[0] if "/" in name else "")
+            if limit is not None and len(found) >= limit:
+                return True  # stops the walk
+        return None
+
+    f.visititems(visit)
+    return found
+
+
+def import_hloc(store: CacheStore, path: Path, *, alias: str | None, labels: Path | None) -> tuple[str, Entry]:
+    """Import hloc's global-descriptor HDF5 (``<name>/global_descriptor`` per image) as one entry."""
+    import h5py
+
+    from cache.importers import import_arrays
+
+    try:
+        with h5py.File(path, "r") as f:
+            names = sorted(_hloc_names(f))
+            if not names:
+                raise UserError(
+                    f"{path} holds no '{HLOC_DATASET}' datasets; give hloc's global-feature file "
+                    "(extract_features.py with a global model such as netvlad)"
+                )
+            rows = [np.asarray(f[f"{n}/{HLOC_DATASET}"][...]).reshape(-1) for n in names]
+    except OSError as e:
+        raise UserError(f"{path} is not a readable HDF5 file ({e})") from None
+    dims = {r.shape[0] for r in rows}
+    if len(dims) != 1:
+        raise UserError(
+            f"{path} holds global descriptors of dimensions {sorted(dims)}; every image needs the same dimension"
+        )
+    desc = np.stack(rows).astype(np.float32, copy=False)
+    a = alias or path.stem
+    entry = import_arrays(
+        store,
+        desc,
+        _read_labels(labels, names, path),
+        names,
+        alias=a,
+        source={"format": "hloc", "path": str(path)},
+    )
+    return a, entry
+
+
+def _vpr_folder(source: Path) -> Path:
+    folder = source if source.is_dir() else source.parent
+    missing = [f for f in VPR_FILES.values() if not (folder / f).is_file()]
+    if missing:
+        raise UserError(
+            f"{folder} lacks {', '.join(missing)}; give VPR-methods-evaluation's log folder "
+            "(main.py --save_descriptors writes database_descriptors.npy and queries_descriptors.npy)"
+        )
+    return folder
+
+
+def import_vpr(
+    store: CacheStore, source: Path, *, alias: str | None, labels: Path | None, names: Path | None
+) -> list[tuple[str, Entry]]:
+    """Import VPR-methods-evaluation's descriptors as ``<alias>.database`` and ``<alias>.queries``."""
+    from cache.importers import import_arrays
+
+    folder = _vpr_folder(source)
+    arrays = {}
+    for side, file in VPR_FILES.items():
+        try:
+            arrays[side] = np.load(folder / file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{folder / file} is not a readable .npy array ({e})") from None
+        if arrays[side].ndim != 2:
+            raise UserError(f"{folder / file} has shape {list(arrays[side].shape)}; expected [n, d]")
+    n_db, n_q = arrays["database"].shape[0], arrays["queries"].shape[0]
+    if arrays["database"].shape[1] != arrays["queries"].shape[1]:
+        raise UserError(
+            f"database descriptors in {folder} have dimension {arrays['database'].shape[1]} but queries "
+            f"{arrays['queries'].shape[1]}; export both from the same run"
+        )
+    if names is not None:
+        if not names.is_file():
+            raise UserError(f"names file {names} not found; give a text file with one name per line")
+        all_names = [ln for ln in names.read_text().splitlines() if ln.strip()]
+        if len(all_names) != n_db + n_q:
+            raise UserError(
+                f"{names} has {len(all_names)} names but {folder} holds {n_db} database + {n_q} query rows; "
+                "list the database images first, then the queries, one per line"
+            )
+    else:
+        all_names = [f"database/{i:07d}" for i in range(n_db)] + [f"queries/{i:07d}" for i in range(n_q)]
+    all_labels = _read_labels(labels, all_names, folder)
+    base = alias or folder.name
+    out = []
+    spans = {"database": slice(0, n_db), "queries": slice(n_db, n_db + n_q)}
+    for side, span in spans.items():
+        a = f"{base}.{side}"
+        entry = import_arrays(
+            store,
+            arrays[side],
+            all_labels[span],
+            all_names[span],
+            alias=a,
+            view=side,
+            source={"format": "vpr", "path": str(folder / VPR_FILES[side]), "side": side},
+        )
+        out.append((a, entry))
+    return out
