@@ -415,18 +415,52 @@ class MoELayer(nn.Module):
         if self.dispatch == "dense":
             out = sum(weights[:, e : e + 1] * expert(x) for e, expert in enumerate(self.experts))
         else:
-            out = x.new_zeros(b, x.shape[1])
-            for e, expert in enumerate(self.experts):
-                rows = chosen[:, e].nonzero().squeeze(1)
-                if rows.numel() == 0:
-                    continue
-                y = expert(x.index_select(0, rows)) * weights.index_select(0, rows)[:, e : e + 1]
-                out = out.index_add(0, rows, y)
+            out = self._sparse(x, top_i, top_w)
         if self.training:
             aux = self.num_experts * (probs.sum(dim=0) * load).sum() / (b * b)
         else:
             aux = x.new_zeros(())
         return out, aux, load
+
+
+    def _sparse(self, x: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
+        """``Σ_j w_bj · expert_{i_bj}(x_b)`` with each expert run once on the rows routed to it.
+
+        The ``B·k`` (row, choice) pairs are sorted by expert, so every expert reads one contiguous
+        block; the results are put back in row order and summed over the k choices. Both reorderings
+        are permutations whose adjoint is the inverse permutation (:class:`_PermuteRows`): gathers
+        forward and backward, where ``index_add``/``index_select`` cost a scatter-add over the whole
+        code per expert and call (a tenth of a release-size step on CPU).
+        """
+        b, d = x.shape
+        k = top_i.shape[1]
+        flat = top_i.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        xs = _PermuteRows.apply(x.unsqueeze(1).expand(b, k, d).reshape(b * k, d), order, inverse)
+        ws = top_w.reshape(-1).index_select(0, order).unsqueeze(1)
+        ys = [
+            expert(chunk) * w
+            for expert, chunk, w, n in zip(self.experts, xs.split(counts), ws.split(counts), counts)
+            if n
+        ]
+        return _PermuteRows.apply(torch.cat(ys), inverse, order).view(b, k, d).sum(dim=1)
+
+
+class _PermuteRows(torch.autograd.Function):
+    """``x[perm]`` for a permutation ``perm`` whose inverse is ``inv``; the gradient is ``g[inv]``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(inv)
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (inv,) = ctx.saved_tensors
+        return grad.index_select(0, inv), None, None
 
 
 class GeoAlignStream1(nn.Module):

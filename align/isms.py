@@ -77,6 +77,8 @@ def isms_input(layers: list[torch.Tensor]) -> torch.Tensor:
 def isms_loss(model: ISMS, x: torch.Tensor, w_decor: float) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction + off-diagonal decorrelation of the whitened codes (see module docstring)."""
     z, recon = model(x)
+    # Under bf16 autocast the model's matmuls run in bf16; the loss terms are summed in float32.
+    z, recon = z.float(), recon.float()
     rec = (recon - x).pow(2).sum(dim=1).mean()
     n, d = z.shape
     corr = (z.T @ z) / n
@@ -95,13 +97,19 @@ def train_isms(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     state: dict | None = None,
     save_state: Callable[[int, dict], None] | None = None,
+    save_interval_s: float = 0.0,
+    dtype: str = "float32",
 ) -> ISMS:
     """Train ISMS on ``x`` [n, in_dim] (both views stacked); deterministic for a given seed on CPU.
 
     ``save_state(epoch, state)`` receives a resumable state after every epoch (plain tensors: it
     loads with ``weights_only=True``); passing it back as ``state`` continues from there and ends
-    identical to an uninterrupted run.
+    identical to an uninterrupted run. With ``save_interval_s`` > 0 a state of 32 MB or more is
+    saved at most that often, and after the last epoch
+    (:class:`align.train_stream1.SaveSchedule`). ``dtype="bfloat16"``: bf16 autocast.
     """
+    from align.train_stream1 import SaveSchedule, autocast
+
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -117,6 +125,8 @@ def train_isms(
     # BatchNorm needs at least two rows per batch; a last batch of one would be dropped.
     bs = max(2, min(cfg.batch_size, n))
     x = x.to(device)
+    state_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    schedule = SaveSchedule(state_bytes, 1, save_interval_s, cfg.epochs)
     for epoch in range(start, cfg.epochs):
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
@@ -126,7 +136,8 @@ def train_isms(
             idx = perm[begin : begin + bs]
             if idx.numel() < 2:
                 continue
-            loss, parts = isms_loss(model, x[idx], cfg.w_decor)
+            with autocast(device, dtype):
+                loss, parts = isms_loss(model, x[idx], cfg.w_decor)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -135,7 +146,7 @@ def train_isms(
             steps += 1
         if on_epoch is not None:
             on_epoch(epoch, {k: v / max(steps, 1) for k, v in totals.items()})
-        if save_state is not None:
+        if save_state is not None and schedule.due(epoch + 1):
             save_state(
                 epoch + 1,
                 {
@@ -145,6 +156,7 @@ def train_isms(
                     "epoch": epoch + 1,
                 },
             )
+            schedule.saved()
     model.eval()
     return model
 

@@ -17,8 +17,11 @@ Everything is vectorized over the batch: no per-sample Python loops.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,38 @@ import torch.nn.functional as F
 # EM-CVGL only trusts mutual matching once it finds more than this many mutual pairs; before that
 # (a random adapter at the start) it falls back to plain best matches.
 MIN_MUTUAL = 10
+
+F_ = TypeVar("F_", bound=Callable[..., Any])
+
+
+def _to_float32(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return {k: _to_float32(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_float32(v) for v in obj)
+    return obj
+
+
+def float32_loss(fn: F_) -> F_:
+    """Run a loss in float32 when called under autocast (its floating tensor arguments cast up).
+
+    With ``align.dtype=bfloat16`` only the adapter runs in bf16: the Sinkhorn targets divide cosine
+    similarities by ε = 0.05, where bf16's 8-bit mantissa would move the logits by up to ~0.1.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        dev = next(
+            (a.device.type for a in (*args, *kw.values()) if isinstance(a, torch.Tensor)), "cpu"
+        )
+        if not torch.is_autocast_enabled(dev):
+            return fn(*args, **kw)
+        with torch.autocast(dev, enabled=False):
+            return fn(*_to_float32(args), **_to_float32(kw))
+
+    return wrapper  # type: ignore[return-value]
 
 
 def curriculum_eps(epoch: int, epochs: int, start: float, end: float) -> float:
@@ -190,6 +225,7 @@ def label_match_targets(
     return t_s2d, t_d2s
 
 
+@float32_loss
 def stream1_loss(
     out: dict[str, torch.Tensor],
     sat: torch.Tensor,

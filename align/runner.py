@@ -8,7 +8,9 @@ pairs: the upper bound), ``identity`` (raw descriptors; nothing to train).
 Aligned entries are cache entries too. Their key chains to the parent entries' keys and the
 alignment run's digest (method, its parameters, the seed, the training entries), so rerunning the
 same alignment reuses them and a change of any input makes new ones. Training state is saved every
-epoch under ``<cache>/models/<run digest>/``; a killed run resumes from the last epoch. The trained
+epoch under ``<cache>/models/<run digest>/`` (a state of 32 MB or more, such as release-size
+stream 1's ~400 MB, at most once a minute, and after the last epoch); a killed run resumes from the
+last saved epoch. The trained
 checkpoints and ``history.jsonl`` are kept there too (listed in ``model-files.json``, written last) and
 linked into the run folder, also by a rerun that reuses the aligned entries.
 """
@@ -300,6 +302,12 @@ def run_alignment(
         "train": {r: vd.keys for r, vd in sorted(train.items())},
         "eval": {v: vd.keys for v, vd in eval_views.items()},
     }
+    from align.train_stream1 import STATE_SAVE_INTERVAL_S, compute_dtype
+
+    dtype = compute_dtype(cfg.align.dtype, str(resolve_device(cfg.align.device)))
+    if dtype != "float32":
+        # Only a non-default dtype enters the key, so entries trained in float32 keep their keys.
+        run_spec["dtype"] = dtype
     run_digest = content_key({"kind": "alignment-run", **run_spec})
     specs = {
         v: {
@@ -372,6 +380,8 @@ def run_alignment(
             on_epoch=on_epoch_for("isms", icfg.epochs),
             state=state.load(),
             save_state=state.save,
+            save_interval_s=STATE_SAVE_INTERVAL_S,
+            dtype=dtype,
         )
         save_checkpoint(
             model_dir,
@@ -398,6 +408,8 @@ def run_alignment(
             on_epoch=on_epoch_for("stream1", s1cfg.epochs),
             state=state.load(),
             save_state=state.save,
+            save_interval_s=STATE_SAVE_INTERVAL_S,
+            dtype=dtype,
         )
         if method == "supervised":
             from align.baselines import train_supervised
@@ -435,6 +447,8 @@ def run_alignment(
             on_epoch=on_epoch_for("emcvgl", ecfg.epochs),
             state=state.load(),
             save_state=state.save,
+            save_interval_s=STATE_SAVE_INTERVAL_S,
+            dtype=dtype,
         )
         save_checkpoint(
             model_dir, "emcvgl", em, {"method": method, "emcvgl": asdict(ecfg), "layer": s1_layer}

@@ -18,6 +18,7 @@ optimizer, schedule, both RNG states, history) resumes bit-for-bit.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Protocol, TypeVar
@@ -31,6 +32,13 @@ from align.optim import WarmupCosine, build_optimizer
 from configs.errors import UserError
 
 STATE_FORMAT = "cvgl-align-train-state/1"
+# Saving the resumable state copies and writes the parameters and both optimizer moments. At
+# release size that is ~400 MB and took about as long as the training step itself, so a state this
+# large is saved at most once per ``save_interval_s`` (and always at the end); a smaller state costs
+# milliseconds and is saved every ``checkpoint_every`` epochs as before.
+SMALL_STATE_BYTES = 32 * 2**20
+STATE_SAVE_INTERVAL_S = 60.0
+DTYPES = ("auto", "float32", "bfloat16")
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 SaveState = Callable[[int, dict[str, Any]], None]
@@ -109,6 +117,56 @@ def _clone(obj: Any) -> Any:
     return obj
 
 
+def compute_dtype(name: str, device: str) -> str:
+    """Resolve ``align.dtype``: ``auto`` is ``bfloat16`` on CUDA and on CPUs with native bf16 matmuls
+    (AMX or AVX512-BF16), else ``float32`` (elsewhere bf16 is emulated: 0.25 against 18 GFLOP/s
+    for float32 on a 2-core AVX2 EPYC, BENCHMARKS.md)."""
+    if name not in DTYPES:
+        raise UserError(f"align.dtype={name!r} is unknown; use one of {', '.join(DTYPES)}")
+    if name != "auto":
+        return name
+    if torch.device(device).type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if torch.device(device).type != "cpu":
+        return "float32"
+    cpu = getattr(torch, "cpu", None)
+    native = any(
+        bool(getattr(cpu, probe, lambda: False)())
+        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
+    return "bfloat16" if native else "float32"
+
+
+def autocast(device: str, dtype: str) -> torch.autocast:
+    """bf16 autocast on ``device`` when ``dtype`` is ``bfloat16`` (parameters and optimizer stay float32)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
+class SaveSchedule:
+    """When :func:`fit` hands its state to ``save_state``: every ``every`` epochs while the state is
+    smaller than :data:`SMALL_STATE_BYTES` or ``interval_s`` is 0; a larger state only once
+    ``interval_s`` seconds have passed since the last save; always after the last epoch."""
+
+    def __init__(self, state_bytes: int, every: int, interval_s: float, epochs: int) -> None:
+        self.timed = interval_s > 0 and state_bytes >= SMALL_STATE_BYTES
+        self.every = every
+        self.interval_s = interval_s
+        self.epochs = epochs
+        self.last = time.monotonic()
+
+    def due(self, done: int) -> bool:
+        """Whether the state after ``done`` epochs is to be saved."""
+        if done == self.epochs:
+            return True
+        if done % self.every:
+            return False
+        return not self.timed or time.monotonic() - self.last >= self.interval_s
+
+    def saved(self) -> None:
+        """Restart the interval (called once a save has been written)."""
+        self.last = time.monotonic()
+
+
 def uniform_drones(n_dro: int, per_sat: int) -> DrawDrones:
     """Unsupervised drone draw: ``len(sat_idx) · per_sat`` drones uniformly at random, no repeats."""
 
@@ -140,10 +198,14 @@ def fit(
     state: dict[str, Any] | None,
     checkpoint_every: int,
     save_state: SaveState | None,
+    save_interval_s: float = 0.0,
+    dtype: str = "float32",
 ) -> list[dict[str, float]]:
     """Shared epoch loop (stream 1, its supervised bound and EM-CVGL); returns the per-epoch history.
 
     Must run inside ``torch.random.fork_rng`` seeded by the caller (the model was built there).
+    ``save_interval_s`` > 0 saves a large state at most that often (:class:`SaveSchedule`);
+    ``dtype="bfloat16"`` runs the model under bf16 autocast (the losses stay float32).
     """
     if checkpoint_every < 1:
         raise UserError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -184,6 +246,8 @@ def fit(
         start = int(state["epoch"])
     sat = sat.to(device)
     dro = dro.to(device)
+    state_bytes = 3 * sum(p.numel() * p.element_size() for p in params)  # parameters + two moments
+    schedule = SaveSchedule(state_bytes, checkpoint_every, save_interval_s, cfg.epochs)
     for epoch in range(start, cfg.epochs):
         model.train()
         perm = torch.randperm(n_sat, generator=gen)
@@ -197,15 +261,16 @@ def fit(
                 continue  # BatchNorm needs two rows; only possible with a degenerate supervised draw
             sl = sat_labels[sat_idx].to(device) if sat_labels is not None else None
             dl = dro_labels[dro_idx].to(device) if dro_labels is not None else None
-            loss, stats = batch_loss(
-                model,
-                log_scale.exp().clamp(max=100.0),
-                sat[sat_idx.to(device)],
-                dro[dro_idx.to(device)],
-                sl,
-                dl,
-                epoch,
-            )
+            with autocast(device, dtype):
+                loss, stats = batch_loss(
+                    model,
+                    log_scale.exp().clamp(max=100.0),
+                    sat[sat_idx.to(device)],
+                    dro[dro_idx.to(device)],
+                    sl,
+                    dl,
+                    epoch,
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
@@ -219,7 +284,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, dict(record))
         done = epoch + 1
-        if save_state is not None and (done % checkpoint_every == 0 or done == cfg.epochs):
+        if save_state is not None and schedule.due(done):
             save_state(
                 done,
                 _clone(
@@ -238,6 +303,7 @@ def fit(
                     }
                 ),
             )
+            schedule.saved()
     model.eval()
     return history
 
@@ -313,6 +379,8 @@ def train_stream1(
     state: dict[str, Any] | None = None,
     checkpoint_every: int = 1,
     save_state: SaveState | None = None,
+    save_interval_s: float = 0.0,
+    dtype: str = "float32",
 ) -> tuple[GeoAlignStream1, list[dict[str, float]]]:
     """Train GeoAlign stream 1 (AGRA + OTCA + DAMO) on satellite [Ns, D] and drone [Nd, D] descriptors.
 
@@ -320,7 +388,10 @@ def train_stream1(
     ``pl_acc_reliable``). ``save_state(epoch, state)`` receives a resumable state every
     ``checkpoint_every`` epochs and at the end (its tensors are copies; ``torch.save`` it and load it
     back with ``weights_only=True``); passing it back as ``state`` continues from that epoch and ends
-    identical to an uninterrupted run. Returns the eval-mode model and the per-epoch history.
+    identical to an uninterrupted run. With ``save_interval_s`` > 0 a state of 32 MB or more is
+    saved at most that often (and at the end); a resumed run restarts from the last saved epoch.
+    ``dtype``: ``float32`` or ``bfloat16`` (bf16 autocast of the adapter; see :func:`compute_dtype`).
+    Returns the eval-mode model and the per-epoch history.
     """
     cfg = cfg or Stream1Config()
     sat, dro, sat_labels, dro_labels = check_inputs(sat, dro, cfg.out_dim, sat_labels, dro_labels)
@@ -340,4 +411,6 @@ def train_stream1(
         state=state,
         checkpoint_every=checkpoint_every,
         save_state=save_state,
+        save_interval_s=save_interval_s,
+        dtype=dtype,
     )

@@ -136,6 +136,9 @@ class AlignConfig:
     train_satellite: list[str] = field(default_factory=list)
     alias: str | None = None  # output aliases: <alias>.<view>; default <name>.<method>
     device: str = "auto"
+    # training compute dtype; auto = bfloat16 on CUDA and on CPUs with AMX/AVX512-BF16, else float32
+    # (part of the aligned entries' key when it resolves to bfloat16)
+    dtype: str = _choices("auto", "float32", "bfloat16", default="auto")
     fusion: bool = True  # geoalign release: fuse stream 1 with ISMS
     stream1_layer: int | None = None  # layer stream 1 / baselines read; default: the last of backbone.layers
     isms: ISMSSection = field(default_factory=ISMSSection)

@@ -226,6 +226,22 @@ class ImageDataset(Dataset):
             return preprocess(np.asarray(rgb), "cvft")[0]
         return to_tensor(rgb, self.mean, self.std)
 
+    def output_size(self, i: int) -> Size | None:
+        """The ``(h, w)`` of the tensor :meth:`load` gives for image ``i``, without decoding its pixels.
+
+        The same rule as :meth:`load`: the resize target when one is set, else the native size, which
+        Pillow reads from the file header (``load`` applies no EXIF rotation, so neither does this).
+        None when the header cannot be read: :meth:`load` will then refuse or skip the image anyway.
+        """
+        if self.size is not None:
+            return self.size
+        try:
+            with Image.open(self.images.path(i)) as im:
+                w, h = im.size
+        except Exception:  # noqa: BLE001 - Pillow signals bad headers with many types; load() reports it
+            return None
+        return int(h), int(w)
+
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
         i = int(i)
         if not 0 <= i < len(self.images):

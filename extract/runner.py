@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -677,14 +677,68 @@ def choose_batch_size(
     return int(min(ranks.gather(chosen)))
 
 
-def plan_batches(shards: Sequence[int], shard_rows: int, total: int, batch_size: int) -> list[list[int]]:
+def plan_batches(
+    shards: Sequence[int],
+    shard_rows: int,
+    total: int,
+    batch_size: int,
+    sizes: Mapping[int, Hashable] | None = None,
+) -> list[list[int]]:
     """Image indices of each batch, shard by shard; a batch never crosses a shard boundary, so the
-    batches of a shard (hence its floating-point results) are the same in every run."""
+    batches of a shard (hence its floating-point results) are the same in every run.
+
+    ``sizes`` maps each image index of these shards to its network input size. When given, the
+    images of a shard are grouped by size (groups in order of first appearance, each in list order)
+    and batched group by group, so every batch stacks images of one size. The grouping depends only
+    on the shard's own images, so it is the same in every run, on every rank and after a resume;
+    rows are still written at their list positions.
+    """
     out: list[list[int]] = []
     for i in shards:
         start, end = i * shard_rows, min((i + 1) * shard_rows, total)
-        out.extend(list(range(s, min(s + batch_size, end))) for s in range(start, end, batch_size))
+        if sizes is None:
+            out.extend(list(range(s, min(s + batch_size, end))) for s in range(start, end, batch_size))
+            continue
+        groups: dict[Hashable, list[int]] = {}
+        for k in range(start, end):
+            groups.setdefault(sizes[k], []).append(k)
+        for members in groups.values():
+            out.extend(members[s : s + batch_size] for s in range(0, len(members), batch_size))
     return out
+
+
+def _input_sizes(dataset: Any, indices: Sequence[int], threads: int = 8) -> dict[int, Any]:
+    """``{index: (h, w) or None}`` for images at native size, read from file headers.
+
+    Reading a header is file-system latency, not CPU work, so a few threads hide most of it on
+    network storage; ``map`` keeps the result independent of which thread finishes first.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(indices) < 64:
+        return {i: dataset.output_size(i) for i in indices}
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="image-size") as pool:
+        return dict(zip(indices, pool.map(dataset.output_size, indices)))
+
+
+def _check_row_shapes(
+    model: ExtractModel, writers: dict[Layer, EntryWriter], images: ImageList, sizes: Mapping[int, Any]
+) -> None:
+    """Refuse, before anything is computed, images whose rows would not fit their entry's shape
+    (conv maps take their shape from the input size; pooled descriptors never do)."""
+    from extract.datasets import display_name
+
+    first: dict[Any, int] = {}
+    for i, size in sizes.items():
+        if size is not None:
+            first.setdefault(size, i)
+    for size, i in first.items():
+        for L, w in writers.items():
+            if tuple(model.row_shape(L, size)) != tuple(w.shape):
+                raise UserError(
+                    f"image {display_name(images.names[i])} is {size[0]}x{size[1]}, so its layer {L} maps "
+                    f"do not have the shape {list(w.shape)} of the other images'; set preprocess.resize=N"
+                )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1008,8 +1062,6 @@ def _compute_shards(
     from extract.images import ImageDataset, iter_batches
 
     desc = f"extract {images.view}"
-    batches = plan_batches(shards, cfg.extract.shard_rows, len(images), batch_size)
-    total = sum(len(b) for b in batches)
     dataset = ImageDataset(
         images,
         resize=prep.size,
@@ -1019,6 +1071,16 @@ def _compute_shards(
         resample=prep.resample,
         normalization=prep.normalization,
     )
+    sizes = None
+    if prep.size is None:
+        # Native sizes may differ and a batch can only stack one size: group each shard by size.
+        rows = cfg.extract.shard_rows
+        sizes = _input_sizes(
+            dataset, [k for i in shards for k in range(i * rows, min((i + 1) * rows, len(images)))]
+        )
+        _check_row_shapes(model, writers, images, sizes)
+    batches = plan_batches(shards, cfg.extract.shard_rows, len(images), batch_size, sizes)
+    total = sum(len(b) for b in batches)
     cuda = model.device.type == "cuda"
     sink = ShardSink(writers, images)
     storage = getattr(torch, cfg.extract.dtype)

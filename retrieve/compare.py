@@ -78,6 +78,10 @@ def compare_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], str, str]:
     skipped: dict[str, str] = {}
     for arg in paths:
         arg = Path(arg)
+        if arg.is_dir() and (arg / "run.json").exists() and _status(arg) != "complete":
+            # A run that failed or is still running has no result, whatever files its folder holds.
+            skipped[str(arg)] = _status(arg) or "unknown"
+            continue
         for f in metrics_files(arg):
             run_dir = arg if arg.is_dir() else f.parent
             part = os.path.relpath(f.parent, run_dir) if arg.is_dir() else "."

@@ -229,7 +229,7 @@ def semi_positives_for(cfg: Any, store: CacheStore, entry: Entry, query: str) ->
     semi = load_semi_positives(store, entry)
     if semi is None:
         raise UserError(
-            f"query entry {query} holds no VIGOR semi-positives ({'semi_positives.h5'}); extract its ground "
+            f"query entry {query} holds no VIGOR semi-positives (semi_positives.h5); extract its ground "
             "view with dataset.layout=vigor, or use protocol=u1652"
         )
     return semi

@@ -63,7 +63,10 @@ import torch
 
 from configs.errors import UserError
 
-PROTOCOLS = ("u1652", "geoalign", "cvft", "vigor")
+# The rank/AP protocols (u1652's full-ranking family), and every protocol including Sample4Geo's
+# VIGOR evaluation, which reports a hit rate instead of AP.
+PROTOCOLS = ("u1652", "geoalign", "cvft")
+ALL_PROTOCOLS = (*PROTOCOLS, "vigor")
 JUNK_LABEL = -1
 
 # Target size of one block's score matrix (float32 queries x gallery-chunk items).
@@ -267,8 +270,8 @@ def summarize(results: QueryResults, protocol: str, n_gallery: int, ks: Sequence
 
 
 def _check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown metric protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if protocol not in ALL_PROTOCOLS:
+        raise UserError(f"unknown metric protocol {protocol!r}; choose one of {', '.join(ALL_PROTOCOLS)}")
     return protocol
 
 

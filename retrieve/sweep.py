@@ -297,7 +297,8 @@ def run_sweep(
         done = reused + len(todo) - len(runnable)
         if progress:
             progress("sweep points", done, len(points))
-        for r in _execute(tasks, sweep, jobs, client):
+        # On an existing cluster, n_jobs 0 means every worker thread it has, not this machine's cores.
+        for r in _execute(tasks, sweep, (sweep.settings.n_jobs or -1) if remote else jobs, client):
             done += 1
             if progress:
                 info = {"R@1": r["R@1"]} if r["status"] == "complete" and r.get("R@1") is not None else {}

@@ -51,7 +51,7 @@ def u1652(tmp_path: Path) -> Path:
 
 
 def test_layouts_registered():
-    assert LAYOUTS == ("u1652", "folder", "sues200", "cvusa", "cvact")
+    assert LAYOUTS == ("u1652", "folder", "sues200", "cvusa", "cvact", "vigor", "denseuav")
 
 
 def test_u1652_names_labels_order(u1652: Path):

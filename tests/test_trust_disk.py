@@ -187,7 +187,7 @@ def test_failed_rerun_into_the_same_folder_leaves_no_earlier_results_and_compare
     assert (run / "notes.txt").read_text() == "my notes"  # not the tool's: kept
 
     p = cli("compare", "run", cache=cache, cwd=tmp_path)
-    assert "run" in one_error_line(p)
+    assert "no complete run" in one_error_line(p)
     p = cli("compare", "ok", "run", "--out", "cmp", cache=cache, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     table = (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()
