@@ -291,10 +291,10 @@ def run(
 def sweep(
     args: list[str] | None = CONFIG_ARGS,
     grid: list[str] | None = typer.Option(
-        None, "--grid", help="KEY=[v1,v2,…]: an axis; the points are the product of every --grid axis."
+        None, "--grid", help="KEY=\\[v1,v2,…]: an axis; the points are the product of every --grid axis."
     ),
     zipped: list[str] | None = typer.Option(
-        None, "--zip", help="KEY=[v1,v2,…]: axes that vary together (all of one length)."
+        None, "--zip", help="KEY=\\[v1,v2,…]: axes that vary together (all of one length)."
     ),
 ) -> None:
     """A grid of runs: each point an ordinary `run` in DIR/points/<n>/; table in DIR/sweep.csv and sweep.md.
@@ -560,9 +560,13 @@ def cache_rm(
 
 @cache_app.command("gc")
 def cache_gc() -> None:
-    """Remove incomplete entries nobody is writing, temporary files and dangling aliases."""
+    """Remove incomplete entries nobody is writing, temporary files, invalid or dangling aliases, and
+    retrieval indexes whose gallery entry is gone or changed."""
+    from retrieve.indexes import gc_indexes
+
     store = _store()
     removed = store.gc()
+    removed += gc_indexes(store)
     for r in removed:
         say(f"removed {r}")
     say(f"{len(removed)} items removed")

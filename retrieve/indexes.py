@@ -638,8 +638,12 @@ def stale_indexes(store: CacheStore) -> list[tuple[Path, str]]:
 
 def gc_indexes(store: CacheStore) -> list[str]:
     """Remove the indexes :func:`stale_indexes` lists; returns one line per removed index."""
+    from cache.store import safe_rmtree
+
     removed = []
     for d, why in stale_indexes(store):
-        shutil.rmtree(d, ignore_errors=True)
+        if store.is_locked(f"index-{d.name}"):
+            continue  # being built right now: "incomplete" only until its writer finishes
+        safe_rmtree(store.root, d)
         removed.append(f"index {d.name[:12]} ({why})")
     return removed

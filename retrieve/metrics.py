@@ -1,6 +1,6 @@
 """Exact retrieval metrics (R@K, R@1%, AP) under each paper's own protocol.
 
-Protocols (see REFERENCE.md, "Metric protocols"):
+Protocols (the README's "Metric protocols" table says where each definition comes from):
 
 * ``u1652`` -- the University-1652 baseline (``evaluate_gpu.py``): gallery items labelled -1 are junk and
   are removed from every ranking; a query's positives are the gallery items with its label; CMC[k] = 1

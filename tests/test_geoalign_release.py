@@ -1,6 +1,6 @@
 """GeoAlign release import/export, checked against a forward pass written here from the spec.
 
-The fake release is built from key names and shapes (REFERENCE.md, "GeoAlign release"), not from our
+The fake release is built from key names and shapes (the README's "GeoAlign's release" paragraph), not from our
 model class, and the expected descriptors come from :func:`reference_stream1` / :func:`reference_isms`
 below, which use only the state dict and torch.nn.functional.
 """
