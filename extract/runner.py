@@ -7,7 +7,8 @@ How the work is laid out, and why:
 
 * **Shards are the unit of work.** Shard ``i`` of an entry covers images ``[i·S, (i+1)·S)``
   (``S = extract.shard_rows``) and batches never cross a shard boundary, so a shard's numbers do not
-  depend on which process computed it, in which order, or whether the run was interrupted.
+  depend on which process computed it, in which order, or whether the run was interrupted. At native
+  size (no resize rule) a shard's images are batched by size, since a batch stacks one size only.
 * **Ranks.** Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) rank ``r`` of ``W`` computes the shards
   ``i ≡ r (mod W)`` and writes them itself; rank 0 holds the entry locks, and once every rank has
   passed a barrier it re-checks every shard file and writes the manifests. ``extract.launcher=torchrun``

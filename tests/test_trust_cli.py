@@ -198,14 +198,18 @@ def test_constraints_pin_every_dependency_pyproject_names_within_its_ranges():
     for spec in specs:
         req = requirements.Requirement(spec)
         version = pins[_canonical(req.name)]
-        assert req.specifier.contains(version, prereleases=True), f"pin {req.name}=={version} is outside {spec}"
+        assert req.specifier.contains(version, prereleases=True), (
+            f"pin {req.name}=={version} is outside {spec}"
+        )
 
 
 def test_readme_and_ci_install_with_the_lock_into_a_fresh_environment():
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
-    installs = [ln for text in (ci, section) for ln in text.splitlines() if "pip install" in ln and "`" not in ln]
+    installs = [
+        ln for text in (ci, section) for ln in text.splitlines() if "pip install" in ln and "`" not in ln
+    ]
     assert len(installs) >= 6
     assert all("-c constraints.txt" in ln for ln in installs), installs
     assert "-m venv" in ci
