@@ -617,9 +617,9 @@ def cache_export(
 def _cli_exceptions(name: str) -> tuple[type[BaseException], ...]:
     """Every exception class called ``name`` that the installed typer may raise.
 
-    typer before 0.2x raises click's own classes; newer typer vendors click as ``typer._click`` and
-    has its own ``Exit`` and ``Abort``, which ``except click.…`` does not catch. Looking in every
-    place keeps the error contract with each typer the dependency bounds allow.
+    typer up to 0.25 raises click's own classes; from 0.26 it vendors click as ``typer._click`` (and
+    later has its own ``Exit`` and ``Abort``), which ``except click.…`` does not catch. Looking in
+    every place keeps the error contract with each typer the dependency bounds allow.
     """
     found: list[type[BaseException]] = []
     for module in ("typer", "typer.exceptions", "typer._click.exceptions", "click.exceptions"):
@@ -709,8 +709,8 @@ def main() -> None:
     except (KeyboardInterrupt, *aborts):
         _interrupted(t0)
     _show_warnings(caught)
-    # Without standalone mode an Exit comes back as its code (typer ≥ 0.2x also turns Ctrl-C into
-    # Exit(130)); the commands themselves return None.
+    # Without standalone mode an Exit comes back as its code, and typer turns Ctrl-C into Exit(130);
+    # the commands themselves return None.
     if isinstance(result, int) and not isinstance(result, bool) and result != 0:
         if result == 130:
             _interrupted(t0)

@@ -82,8 +82,9 @@ def _pair(store: CacheStore, ground: str, aerial: str, what: str) -> tuple[Entry
 
 def run_cvft(cfg: Config, store: CacheStore, run: RunFolder, *, log: Callable | None = None) -> list:
     """Train ``cfg.align.method`` (cvft | vgg_conv | vgg_gp) and cache the descriptors of both views."""
-    from align.runner import AlignedEntry, _dataclass_from_params, _StateFile, publish_model, resolve_device
+    from align.runner import AlignedEntry, _dataclass_from_params, _StateFile, publish_model
     from align.train_cvft import CVFTConfig, encode_aerial, encode_ground, train_cvft
+    from configs.devices import resolve_device
 
     method = cfg.align.method
     qv, gv = query_gallery_views(cfg)
@@ -140,7 +141,7 @@ def run_cvft(cfg: Config, store: CacheStore, run: RunFolder, *, log: Callable | 
         publish_model(model_dir, run)
         return [AlignedEntry(v, keys[v], aliases[v], views[v].count, True) for v in views]
 
-    device = resolve_device(cfg.align.device)
+    device = resolve_device(cfg.align.device, "align.device")
     state = _StateFile(model_dir, method)
     history: list[dict] = []
 

@@ -37,6 +37,7 @@ from align.checkpoints import (
 )
 from cache.keys import content_key
 from cache.store import CacheStore, Entry
+from configs.devices import resolve_device
 from configs.diskspace import write_text_atomic
 from configs.errors import UserError
 from configs.naming import aligned_alias, extracted_alias, query_gallery_views
@@ -69,14 +70,6 @@ class ViewData:
     @property
     def keys(self) -> list[str]:
         return [self.entries[L].key for L in sorted(self.entries)]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"align.device={name!r} but CUDA is not available; use auto or cpu")
-    return torch.device(name)
 
 
 def role(view: str, is_query: bool) -> str:
@@ -304,7 +297,7 @@ def run_alignment(
     }
     from align.train_stream1 import STATE_SAVE_INTERVAL_S, compute_dtype
 
-    dtype = compute_dtype(cfg.align.dtype, str(resolve_device(cfg.align.device)))
+    dtype = compute_dtype(cfg.align.dtype, str(resolve_device(cfg.align.device, "align.device")))
     if dtype != "float32":
         # Only a non-default dtype enters the key, so entries trained in float32 keep their keys.
         run_spec["dtype"] = dtype
@@ -340,7 +333,7 @@ def run_alignment(
         publish_model(model_dir, run)
         return [AlignedEntry(v, keys[v], aliases[v], len(eval_views[v].names), True) for v in eval_views]
 
-    device = resolve_device(cfg.align.device)
+    device = resolve_device(cfg.align.device, "align.device")
     history: list[dict] = []
     model_files: list[str] = []
 

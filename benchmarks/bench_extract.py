@@ -36,8 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import extract.runner as runner  # noqa: E402
 from cache.store import CacheStore  # noqa: E402
+from configs.devices import resolve_device  # noqa: E402
 from configs.schema import load_config  # noqa: E402
-from extract.runner import build_model, compute_dtype, image_lists, resolve_device, run_extraction  # noqa: E402
+from extract.models import build_model, compute_dtype  # noqa: E402
+from extract.roots import image_lists  # noqa: E402
+from extract.runner import run_extraction  # noqa: E402
 
 MODELS = {
     # The demo's backbone and input size (configs/demo.yaml).
@@ -84,7 +87,7 @@ def main() -> None:
         ]
         cfg = load_config("demo", base)
         [images] = image_lists(cfg, CacheStore(Path(tmp) / "gen"))  # generate outside the timed region
-        device = resolve_device(cfg.backbone.device)
+        device = resolve_device(cfg.backbone.device, "backbone.device")
         t0 = time.perf_counter()
         model = build_model(cfg, device, compute_dtype(cfg, device))
         t_build = time.perf_counter() - t0

@@ -40,8 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import extract.runner as runner  # noqa: E402
 from cache.store import CacheStore  # noqa: E402
+from configs.devices import resolve_device  # noqa: E402
 from configs.schema import load_config  # noqa: E402
 from extract.dinov3 import DINOv3Backbone, DINOv3Variant, resolve_variant  # noqa: E402
+from extract.distributed import Ranks  # noqa: E402
+from extract.models import DinoModel, choose_batch_size, compute_dtype  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -165,7 +168,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    device = runner.resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if device.type != "cuda" and not args.small:
         raise SystemExit("no CUDA device: this benchmark needs a GPU; run with --small for a CPU smoke check")
     small = args.small
@@ -210,12 +213,12 @@ def main() -> None:
             f"backbone.compile={'true' if args.compile else 'false'}",
         ]
         cfg = load_config(None, [*base, "extract.batch_size=auto"])
-        dtype = runner.compute_dtype(cfg, device)
-        model = runner.DinoModel(cfg, device, dtype, net=net)
-        runner.build_model = lambda cfg, device, dtype: runner.DinoModel(cfg, device, dtype, net=net)
+        dtype = compute_dtype(cfg, device)
+        model = DinoModel(cfg, device, dtype, net=net)
+        runner.build_model = lambda cfg, device, dtype: DinoModel(cfg, device, dtype, net=net)
         if args.batch == "auto":
             t0 = time.perf_counter()
-            batch = runner.choose_batch_size(cfg, model, (res, res), runner.Ranks())
+            batch = choose_batch_size(cfg, model, (res, res), Ranks())
             print(f"batch_size=auto chose {batch} in {time.perf_counter() - t0:.1f} s")
         else:
             batch = int(args.batch)

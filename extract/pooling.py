@@ -11,6 +11,9 @@ token facet at its default settings:
 GeoAlign runs its ``Avg`` and ``Max`` aggregators through the same per-location normalization
 (step 2) before pooling, so ``avg`` and ``max`` here do too by default (``local_norm=True``);
 ``local_norm=False`` pools the raw tokens. ``cls`` is the CLS token, L2-normalized.
+
+:func:`pool_maps` pools VGG16's conv maps ``[B, C, H, W]`` the same way (each spatial location is a
+token; there is no CLS). :func:`gem` is the one GeM formula both use.
 """
 
 from __future__ import annotations
@@ -68,17 +71,56 @@ def pool(
     patches = tokens[:, num_prefix_tokens:].float()  # [B, HW, C]
     if local_norm:
         patches = F.normalize(patches, dim=-1)
+    return F.normalize(_reduce(patches, 1, method, p, eps), dim=-1)
+
+
+def gem(x: Tensor, dim: int | tuple[int, ...], p: float = 3.0, eps: float = 1e-6) -> Tensor:
+    """Generalized mean over ``dim``: ``mean(clamp(x, min=eps) ** p) ** (1/p)``.
+
+    Raises:
+        UserError: ``p`` or ``eps`` not positive.
+    """
+    if not p > 0:
+        raise UserError(f"GeM exponent p must be > 0, got {p!r}")
+    if not eps > 0:
+        raise UserError(f"GeM eps must be > 0, got {eps!r}")
+    return x.clamp(min=eps).pow(p).mean(dim=dim).pow(1.0 / p)
+
+
+def _reduce(x: Tensor, dim: int | tuple[int, ...], method: str, p: float, eps: float) -> Tensor:
+    """``gem``, ``avg`` or ``max`` over ``dim`` (no normalization)."""
     if method == "gem":
-        if not p > 0:
-            raise UserError(f"GeM exponent p must be > 0, got {p!r}")
-        if not eps > 0:
-            raise UserError(f"GeM eps must be > 0, got {eps!r}")
-        vec = patches.clamp(min=eps).pow(p).mean(dim=1).pow(1.0 / p)
-    elif method == "avg":
-        vec = patches.mean(dim=1)
-    else:  # max
-        vec = patches.amax(dim=1)
-    return F.normalize(vec, dim=-1)
+        return gem(x, dim, p, eps)
+    if method == "avg":
+        return x.mean(dim=dim)
+    return x.amax(dim=dim)
 
 
-__all__ = ["POOLINGS", "pool"]
+def pool_maps(
+    maps: Tensor,
+    method: str,
+    *,
+    p: float = 3.0,
+    eps: float = 1e-6,
+    local_norm: bool = True,
+) -> Tensor:
+    """One L2-normalized descriptor per conv map: ``[B, C, H, W]`` → ``[B, C]`` float32.
+
+    ``method`` is ``gem``, ``avg`` or ``max``; ``local_norm`` L2-normalizes each location over the
+    channels first, as :func:`pool` does for tokens. The reduction runs over the contiguous spatial
+    axes, which fixes its floating-point summation order (and so the stored values).
+    """
+    if method not in ("gem", "avg", "max"):
+        raise UserError(f"unknown pooling {method!r} for conv maps; use gem, avg or max")
+    if not isinstance(maps, Tensor) or maps.ndim != 4 or not maps.is_floating_point():
+        shape = list(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise UserError(
+            f"map pooling expects float maps shaped [batch, channels, height, width], got {shape}"
+        )
+    maps = maps.float()
+    if local_norm:
+        maps = F.normalize(maps, dim=1)
+    return F.normalize(_reduce(maps, (2, 3), method, p, eps), dim=1)
+
+
+__all__ = ["POOLINGS", "gem", "pool", "pool_maps"]

@@ -17,19 +17,20 @@ Preprocessing. CVFT's loaders (``input_data_cvusa.py``) read images with OpenCV 
 range and subtract the per-channel BGR means ``(103.939, 116.779, 123.6)`` (sic: 123.6, not Caffe's
 123.68) — the convention of the Caffe-converted VGG16 their initial model was built from. Weights in
 torchvision format expect RGB in [0, 1] normalized with the ImageNet mean/std instead: use
-``normalization="imagenet"`` with them. :func:`preprocess` implements both.
+``normalization="imagenet"`` with them. :func:`preprocess` implements both; the resize is the input
+pipeline's (``preprocess.recipe=cvft``: Pillow's BOX filter, the same area average as ``INTER_AREA``
+when shrinking).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from configs.errors import UserError
@@ -74,8 +75,6 @@ LAYER_END, CONV_SHAPES = _layer_table()
 CONV_INDICES: tuple[int, ...] = tuple(sorted(CONV_SHAPES))
 FEATURE_DIM = 512
 
-Pooling = Literal["max", "avg", "gem"]
-
 
 class VGG16Backbone(nn.Module):
     """The 13 conv layers of VGG16 (configuration D) with torchvision's module indices."""
@@ -93,19 +92,26 @@ class VGG16Backbone(nn.Module):
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         self.features = nn.Sequential(*layers)
 
-    def forward_maps(self, x: torch.Tensor, layer: str = "conv5_3", cvft: bool = True) -> torch.Tensor:
-        """Run the stack on normalized images ``[B, 3, H, W]`` up to ``layer`` (conv5_3, pool4, …).
+    def forward_layers(
+        self, x: torch.Tensor, layers: Sequence[str], cvft: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Run the stack on normalized images ``[B, 3, H, W]`` once, up to the deepest of ``layers``,
+        and return each requested layer's output ``{name: [B, C, h, w]}`` (post-ReLU for convs).
 
         ``cvft=True`` pools like CVFT's TensorFlow code (ceil, 'SAME'); ``False`` like torchvision
         (floor). At conv5_3 there have been four pools: ``[B, 512, ceil/floor(H/16), …(W/16)]``.
         """
-        if layer not in LAYER_END:
-            raise UserError(f"unknown VGG16 layer {layer!r}; use one of {', '.join(LAYER_END)}")
+        bad = [L for L in layers if L not in LAYER_END]
+        if bad or not layers:
+            which = f"unknown VGG16 layer {bad[0]!r}" if bad else "no VGG16 layer given"
+            raise UserError(f"{which}; use one of {', '.join(LAYER_END)}")
         if x.ndim != 4 or x.shape[1] != 3:
             raise UserError(f"VGG16 expects images [B, 3, H, W], got {list(x.shape)}; check the loader")
-        end = LAYER_END[layer]
+        wanted = {LAYER_END[L]: L for L in layers}
+        deepest = max(wanted)
+        out: dict[str, torch.Tensor] = {}
         for idx, module in enumerate(self.features):
-            if idx > end:
+            if idx > deepest:
                 break
             if isinstance(module, nn.MaxPool2d):
                 x = F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=cvft)
@@ -114,27 +120,17 @@ class VGG16Backbone(nn.Module):
                 x = F.relu(x)
             else:
                 x = module(x)
-        return x
+            if idx in wanted:
+                out[wanted[idx]] = x
+        return out
 
-    def forward_pooled(self, x: torch.Tensor, pooling: Pooling = "max", gem_p: float = 3.0) -> torch.Tensor:
-        """Global descriptor: pool the conv5_3 map over space, then L2-normalize: ``[B, 512]``."""
-        maps = self.forward_maps(x, "conv5_3")
-        return F.normalize(pool_maps(maps, pooling, gem_p), dim=1)
+    def forward_maps(self, x: torch.Tensor, layer: str = "conv5_3", cvft: bool = True) -> torch.Tensor:
+        """The output of one layer (conv5_3, pool4, …): :meth:`forward_layers` for ``[layer]``."""
+        return self.forward_layers(x, [layer], cvft)[layer]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Alias of :meth:`forward_maps` at conv5_3 with CVFT pooling."""
         return self.forward_maps(x)
-
-
-def pool_maps(maps: torch.Tensor, pooling: Pooling = "max", gem_p: float = 3.0) -> torch.Tensor:
-    """Pool ``[B, C, H, W]`` to ``[B, C]``: global max, average, or GeM (clamp 1e-6, power ``gem_p``)."""
-    if pooling == "max":
-        return maps.amax(dim=(2, 3))
-    if pooling == "avg":
-        return maps.mean(dim=(2, 3))
-    if pooling == "gem":
-        return maps.clamp(min=1e-6).pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
-    raise UserError(f"unknown pooling {pooling!r}; use max, avg or gem")
 
 
 def _init_random(model: VGG16Backbone, seed: int) -> None:
@@ -228,27 +224,6 @@ def load_vgg16(
         feats = _features_only(state, source)
         model.load_state_dict({k: v.to(torch.float32) for k, v in feats.items()}, strict=True)
     return model.eval().requires_grad_(False)
-
-
-def conv5_map_size(image_size: tuple[int, int], cvft: bool = True) -> tuple[int, int]:
-    """Spatial size of the conv5_3 map for an input of ``(height, width)`` (four 2× pools)."""
-    h, w = image_size
-    for _ in range(4):
-        h, w = ((h + 1) // 2, (w + 1) // 2) if cvft else (h // 2, w // 2)
-    return h, w
-
-
-def resize_for_cvft(image: Image.Image, view: Literal["ground", "aerial"]) -> np.ndarray:
-    """Resize a PIL image to CVFT's input size with area averaging; returns RGB uint8 ``[H, W, 3]``.
-
-    CVFT uses OpenCV's ``INTER_AREA``; Pillow's ``BOX`` filter is the same area average when
-    shrinking (exactly so for CVUSA's 2× ground reduction, 224×1232 → 112×616).
-    """
-    size = {"ground": CVFT_GROUND_SIZE, "aerial": CVFT_AERIAL_SIZE}.get(view)
-    if size is None:
-        raise UserError(f"unknown CVFT view {view!r}; use 'ground' or 'aerial'")
-    h, w = size
-    return np.asarray(image.convert("RGB").resize((w, h), Image.BOX), dtype=np.uint8)
 
 
 def preprocess(

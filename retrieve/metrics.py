@@ -52,7 +52,6 @@ can be ranked differently from the single-chunk path. Working memory is about th
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -61,6 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from configs.devices import resolve_device
 from configs.errors import UserError
 
 # The rank/AP protocols (u1652's full-ranking family), and every protocol including Sample4Geo's
@@ -151,7 +151,7 @@ def evaluate_streaming(
         raise UserError(f"block_size must be a positive integer or None, got {block_size!r}")
     q = _as_descriptors(query, "query")
     ql = _as_labels(query_labels, q.shape[0], "query", protocol)
-    dev = _resolve_device(device)
+    dev = resolve_device(device, "device", cuda_fallback=True)
 
     first_iter = iter(gallery_chunks())
     first = next(first_iter, None)
@@ -221,7 +221,7 @@ def evaluate_scores(
     s = _as_descriptors(scores, "score matrix")
     n_q, n_g = s.shape
     ql = _as_labels(query_labels, n_q, "query", protocol)
-    dev = _resolve_device(device)
+    dev = resolve_device(device, "device", cuda_fallback=True)
     # Stand-in descriptors of dimension 0: everything but the scores is the ordinary evaluation.
     ev = _ScoreEvaluation(s, np.zeros((n_q, 0), np.float32), ql, protocol, int(topk), dev, block_size)
     ev.set_semi_positives(semi_positives)
@@ -337,22 +337,6 @@ def _as_labels(labels: Any, n: int, what: str, protocol: str) -> np.ndarray | No
         else:
             raise UserError(f"{what} labels have dtype {a.dtype}; labels must be integers (-1 = junk)")
     return a.astype(np.int64, copy=False)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
-            f"device {device!r} requested but CUDA is not available; computing metrics on the CPU",
-            stacklevel=3,
-        )
-        return torch.device("cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
-    return dev
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import numpy as np
 
 from cache.manifest import Manifest, read_manifest
 from cache.store import CacheStore, Entry
+from configs.devices import resolve_device
 from configs.errors import UserError
 from configs.naming import default_retrieval_pair
 from configs.run import RunFolder, write_json_atomic
@@ -33,14 +34,6 @@ from retrieve.metrics import QueryResults
 
 DEFAULT_TOPK = 10
 METRICS_SOURCE = "exact: retrieve.metrics, ranks of every positive over the whole gallery"
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _view(entry: Entry) -> str:
@@ -130,7 +123,8 @@ def run_retrieval(
         from retrieve.rerank import check_rerank_size
 
         check_rerank_size(qe.count, ge.count, rc.rerank_max_items)  # before the expensive pass
-    device = _device(rc.device)
+    # Retrieval computes the same numbers on the CPU: CUDA asked for but missing warns, then falls back.
+    device = str(resolve_device(rc.device, "retrieve.device", cuda_fallback=True))
 
     q_desc, q_labels, q_names = qe.read()
     # Cosine, whatever produced the entries: rows are L2-normalised here, at scoring time (the exact

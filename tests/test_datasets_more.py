@@ -16,7 +16,7 @@ from configs.naming import dataset_views
 from configs.schema import load_config
 from extract.datasets import list_images, view_pair
 from extract.images import ImageDataset
-from extract.runner import view_preprocess
+from extract.keys import view_preprocess
 
 
 def _img(path: Path, seed: int, size: tuple[int, int] = (12, 8), mode: str = "RGB") -> Path:
@@ -78,7 +78,7 @@ def test_sues200_errors_name_the_fix(sues: Path):
 
 def test_sues200_config_through_the_runner(sues: Path, tmp_path: Path):
     from cache.store import CacheStore
-    from extract.runner import image_lists
+    from extract.roots import image_lists
 
     cfg = load_config(None, ["layout=sues200", f"root={sues}", "dataset.altitude=300"])
     lists = image_lists(cfg, CacheStore(tmp_path / "c"))
@@ -266,7 +266,7 @@ def test_distractors_count_as_negatives_and_junk_does_not():
 def test_any_mode_becomes_rgb_through_the_cvft_recipe(tmp_path: Path, mode: str):
     """Every Pillow mode reaches the network as 3-channel input, also through CVFT's preprocessing
     (area resize to 112×616, BGR 0..255 minus CVFT's means), which must equal extract.vgg16's own."""
-    from extract.vgg16 import CVFT_GROUND_SIZE, preprocess, resize_for_cvft
+    from extract.vgg16 import CVFT_GROUND_SIZE, preprocess
 
     ext = "tif" if mode == "CMYK" else "png"
     path = _img(tmp_path / "0" / f"a.{ext}", 3, (224, 56), mode)
@@ -278,7 +278,9 @@ def test_any_mode_becomes_rgb_through_the_cvft_recipe(tmp_path: Path, mode: str)
     _, x = ds[0]
     with Image.open(path) as im:
         rgb = im.convert("RGBA").convert("RGB") if mode in ("P", "LA", "RGBA") else im.convert("RGB")
-        expected = preprocess(resize_for_cvft(rgb, "ground"), "cvft")[0]
+        # CVFT's INTER_AREA resize, written out: Pillow's BOX filter to (w, h) = (616, 112).
+        area = rgb.resize((CVFT_GROUND_SIZE[1], CVFT_GROUND_SIZE[0]), Image.BOX)
+        expected = preprocess(np.asarray(area, dtype=np.uint8), "cvft")[0]
     assert x.shape == (3, 112, 616)
     torch.testing.assert_close(x, expected, rtol=0, atol=0)
 
@@ -301,7 +303,7 @@ def test_distractor_lists_get_their_own_cache_key(tmp_path: Path):
     """Keys cover names, not labels: a 160k gallery cached when its tiles were junk (-1) must not be
     reused now that they are distractors (-2); lists without distractors keep their keys."""
     from extract.datasets import DISTRACTOR, ImageList
-    from extract.runner import entry_spec
+    from extract.keys import entry_spec
 
     cfg = load_config(None, [])
     names = ("test/gallery_satellite/0001/a.jpg", "test/gallery_satellite/x.jpg")

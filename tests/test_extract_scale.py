@@ -17,6 +17,10 @@ from cache.keys import content_key
 from cache.store import CacheStore, EntryWriter
 from configs.errors import UserError
 from configs.schema import load_config
+from extract.distributed import Ranks
+from extract.models import AUTO_BATCH_CPU, build_model, choose_batch_size, probe_batch_size
+from extract.roots import image_lists
+from extract.writer import WRITER_QUEUE, ShardSink, WriterThread
 
 # A tiny random DINOv3 (2 blocks, width 32) on 32×32 images: 4 patches, milliseconds per batch.
 TINY = [
@@ -163,13 +167,13 @@ def test_batches_never_cross_shards_and_auto_batch_probe():
         return size / min(size, 8) * 0.01  # throughput grows up to 8, then flat
 
     oom = lambda e: isinstance(e, torch.cuda.OutOfMemoryError)  # noqa: E731
-    assert runner.probe_batch_size(run, 1024, is_oom=oom) == 8 and calls[-1] == 16
-    assert runner.probe_batch_size(lambda s: 0.01, 1024, is_oom=oom, min_gain=0.5) == 1024
-    assert runner.probe_batch_size(lambda s: 1 / (s * 4), 64, is_oom=oom) == 64  # capped
+    assert probe_batch_size(run, 1024, is_oom=oom) == 8 and calls[-1] == 16
+    assert probe_batch_size(lambda s: 0.01, 1024, is_oom=oom, min_gain=0.5) == 1024
+    assert probe_batch_size(lambda s: 1 / (s * 4), 64, is_oom=oom) == 64  # capped
     with pytest.raises(ValueError):
-        runner.probe_batch_size(lambda s: (_ for _ in ()).throw(ValueError("bug")), 8, is_oom=oom)
+        probe_batch_size(lambda s: (_ for _ in ()).throw(ValueError("bug")), 8, is_oom=oom)
     cfg = load_config(None, ["extract.batch_size=auto"])
-    assert runner.choose_batch_size(cfg, _FakeModel(), (32, 32), runner.Ranks()) == runner.AUTO_BATCH_CPU
+    assert choose_batch_size(cfg, _FakeModel(), (32, 32), Ranks()) == AUTO_BATCH_CPU
     with pytest.raises(UserError, match="must be an integer or auto"):
         load_config(None, ["extract.batch_size=huge"])
 
@@ -187,7 +191,7 @@ def test_writer_thread_errors_surface_in_the_caller():
         seen.append(item)
 
     with pytest.raises(OSError, match="disk full"):
-        with runner.WriterThread(consume, maxsize=2) as w:
+        with WriterThread(consume, maxsize=2) as w:
             for k in range(100):
                 w.put(k)
     assert seen == [0, 1, 2]
@@ -203,7 +207,7 @@ def test_few_hundred_images_memory_stays_one_shard_per_layer(tmp_path, monkeypat
     root = _folder(tmp_path / "ds", 300)
     sinks = []
 
-    class Recording(runner.ShardSink):
+    class Recording(ShardSink):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             sinks.append(self)
@@ -218,14 +222,14 @@ def test_few_hundred_images_memory_stays_one_shard_per_layer(tmp_path, monkeypat
     [sink] = sinks
     assert all(0 < m <= 32 for m in sink.max_buffered.values())
     assert sink.written == {0: list(range(10)), 1: list(range(10))}
-    assert runner.WRITER_QUEUE <= 8
+    assert WRITER_QUEUE <= 8
     # Rows equal an independent per-image computation (GeoAlign's recipe, image by image).
-    net = runner.build_model(cfg, torch.device("cpu"), "float32").net
+    net = build_model(cfg, torch.device("cpu"), "float32").net
     e = store.open("t@1")
     got, labels, names = e.read()
     from extract.images import ImageDataset
 
-    images = runner.image_lists(cfg, store)[0]
+    images = image_lists(cfg, store)[0]
     ds = ImageDataset(images, resize=32)
     for i in (0, 137, 299):
         tokens = net.forward_layers(ds[i][1][None], [1])[1][0, net.num_prefix_tokens :]
@@ -332,10 +336,10 @@ def test_facets_with_and_without_cls_through_pooling(tmp_path, facet):
     )
     assert {e.key for e in plain}.isdisjoint(e.key for e in cls)  # the option is in the key
     cfg = _cfg(root)
-    net = runner.build_model(cfg, torch.device("cpu"), "float32").net
+    net = build_model(cfg, torch.device("cpu"), "float32").net
     from extract.images import ImageDataset
 
-    x = torch.stack([ImageDataset(runner.image_lists(cfg, store)[0], resize=32)[i][1] for i in range(6)])
+    x = torch.stack([ImageDataset(image_lists(cfg, store)[0], resize=32)[i][1] for i in range(6)])
     t = net.forward_layers(x, [1], facet=facet)[1]  # [6, 1 + 4 registers + 4 patches, 32]
 
     def gem(tokens):
@@ -348,7 +352,7 @@ def test_facets_with_and_without_cls_through_pooling(tmp_path, facet):
 
 
 def test_vgg16_pooled_descriptors_and_conv_maps(tmp_path):
-    from extract.vgg16 import CVFT_AERIAL_SIZE, CVFT_GROUND_SIZE, conv5_map_size, load_vgg16
+    from extract.vgg16 import CVFT_AERIAL_SIZE, CVFT_GROUND_SIZE, load_vgg16
 
     root = _folder(tmp_path / "ds", 5)
     store = CacheStore(tmp_path / "c")
@@ -364,10 +368,10 @@ def test_vgg16_pooled_descriptors_and_conv_maps(tmp_path):
     net = load_vgg16(seed=0)
     from extract.images import ImageDataset
 
-    x = torch.stack([ImageDataset(runner.image_lists(cfg, store)[0], resize=32)[i][1] for i in range(5)])
+    x = torch.stack([ImageDataset(image_lists(cfg, store)[0], resize=32)[i][1] for i in range(5)])
     torch.testing.assert_close(
         torch.from_numpy(store.open("t@conv5_3").read()[0]),
-        net.forward_pooled(x, "max"),
+        F.normalize(net.forward_maps(x, "conv5_3").amax(dim=(2, 3)), dim=1),  # global max, L2-normalized
         atol=1e-5,
         rtol=1e-4,
     )
@@ -378,14 +382,10 @@ def test_vgg16_pooled_descriptors_and_conv_maps(tmp_path):
     torch.testing.assert_close(
         torch.from_numpy(maps.read()[0]), net.forward_maps(x, "conv5_3").half().float(), atol=2e-3, rtol=2e-3
     )
-    model = runner.build_model(
+    model = build_model(
         _cfg(root, *vgg, "layers=[conv5_3]", "pooling.name=none"), torch.device("cpu"), "float32"
     )
-    assert (
-        model.row_shape("conv5_3", CVFT_GROUND_SIZE)
-        == (512, *conv5_map_size(CVFT_GROUND_SIZE))
-        == (512, 7, 39)
-    )
+    assert model.row_shape("conv5_3", CVFT_GROUND_SIZE) == (512, 7, 39)
     assert model.row_shape("conv5_3", CVFT_AERIAL_SIZE) == (512, 16, 16)
 
 

@@ -13,7 +13,6 @@ from extract.vgg16 import (
     CVFT_AERIAL_SIZE,
     CVFT_GROUND_SIZE,
     CVFT_MEAN_BGR,
-    conv5_map_size,
     load_vgg16,
     preprocess,
 )
@@ -127,11 +126,23 @@ def test_random_init_is_deterministic_by_seed():
     assert not torch.equal(a["features.0.weight"], c["features.0.weight"])
 
 
+def _conv5_map_size(image_size: tuple[int, int], pool: str = "ceil") -> tuple[int, int]:
+    """The conv5_3 map size the extraction stores for an input size (``VGGModel.row_shape``)."""
+    from configs.schema import load_config
+    from extract.models import VGGModel
+
+    cfg = load_config(
+        None,
+        ["backbone.name=vgg16", f"backbone.arch={{pool: {pool}}}", "layers=[conv5_3]", "pooling.name=none"],
+    )
+    return VGGModel(cfg, torch.device("cpu"), "float32").row_shape("conv5_3", image_size)[1:]
+
+
 def test_cvft_input_sizes_give_expected_conv5_maps():
     assert CVFT_GROUND_SIZE == (112, 616) and CVFT_AERIAL_SIZE == (256, 256)
-    assert conv5_map_size(CVFT_GROUND_SIZE) == (7, 39)  # TF 'SAME' pooling, as CVFT's code
-    assert conv5_map_size(CVFT_GROUND_SIZE, cvft=False) == (7, 38)  # torchvision floor pooling
-    assert conv5_map_size(CVFT_AERIAL_SIZE) == (16, 16)
+    assert _conv5_map_size(CVFT_GROUND_SIZE) == (7, 39)  # TF 'SAME' pooling, as CVFT's code
+    assert _conv5_map_size(CVFT_GROUND_SIZE, pool="floor") == (7, 38)  # torchvision floor pooling
+    assert _conv5_map_size(CVFT_AERIAL_SIZE) == (16, 16)
     model = load_vgg16(seed=0)
     with torch.no_grad():
         maps = model.forward_maps(torch.randn(1, 3, *CVFT_GROUND_SIZE))
@@ -139,17 +150,22 @@ def test_cvft_input_sizes_give_expected_conv5_maps():
 
 
 def test_pooled_descriptors_are_unit_norm_and_max_is_global_max():
+    from extract.pooling import pool_maps
+
     model = load_vgg16(seed=0)
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         maps = model.forward_maps(x)
         for pooling in ("max", "avg", "gem"):
-            d = model.forward_pooled(x, pooling)
+            # What the extraction stores for pooling.name=<pooling>, pooling.local_norm=false.
+            d = pool_maps(maps, pooling, local_norm=False)
             assert d.shape == (2, 512)
             torch.testing.assert_close(d.norm(dim=1), torch.ones(2))
-        torch.testing.assert_close(model.forward_pooled(x, "max"), F.normalize(maps.amax(dim=(2, 3)), dim=1))
+        torch.testing.assert_close(
+            pool_maps(maps, "max", local_norm=False), F.normalize(maps.amax(dim=(2, 3)), dim=1)
+        )
     with pytest.raises(UserError, match="pooling"):
-        model.forward_pooled(x, "median")
+        pool_maps(maps, "median")
     with pytest.raises(UserError, match="layer"):
         model.forward_maps(x, "conv6_1")
 
