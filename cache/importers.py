@@ -169,7 +169,8 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         try:
             with open(path, "rb") as fh:
                 version = np.lib.format.read_magic(fh)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                fmt = np.lib.format
+                read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                 dtype = read(fh)[2]
         except (OSError, ValueError):
             dtype = None
@@ -215,9 +216,12 @@ def import_h5(store: CacheStore, path: Path, *, alias: str | None) -> Entry:
     except (OSError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not an HDF5 file with a 'descriptors' dataset ({e})") from None
     _check_labels(np.asarray(lab), f"{path}:labels")
-    if raw is not None and raw.ndim != 1:
+    if raw is None:
+        names = _read_names(None, desc.shape[0], path.stem)
+    elif raw.ndim != 1:
         raise UserError(f"names in {path} have shape {list(raw.shape)}; store a 1-D dataset of one name per row")
-    names = _decode_names(raw, f"{path}:names") if raw is not None else _read_names(None, desc.shape[0], path.stem)
+    else:
+        names = _decode_names(raw, f"{path}:names")
     return import_arrays(
         store, desc, lab, names, alias=alias or path.stem, source={"format": "h5", "path": str(path)}
     )
@@ -271,13 +275,17 @@ def import_geoalign(store: CacheStore, root: Path, *, alias: str | None) -> list
                 )
             # bfloat16 has no numpy dtype: every tensor goes through float32.
             desc = desc.float().numpy() if hasattr(desc, "numpy") else np.asarray(desc)
+            if desc.dtype.kind in "fiu":  # real numbers become float32, as always (the key hashes them)
+                desc = desc.astype(np.float32, copy=False)
             ids = ids.numpy() if hasattr(ids, "numpy") else np.asarray(ids)
+            if ids.dtype.kind == "f" and np.array_equal(ids, np.round(ids)):
+                ids = ids.astype(np.int64)  # whole-number float ids were always accepted
             names = _decode_names(names, d / f"{v}_name")
             a = f"{base}.{v}@{layer}"
             entry = import_arrays(
                 store,
                 desc,
-                ids.astype(np.int64),
+                ids,
                 names,
                 alias=a,
                 view=v,

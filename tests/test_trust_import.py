@@ -216,7 +216,10 @@ IMPORT_REFUSALS = {
     "byte strings": (lambda t: _npy_case(t, np.array([[b"a", b"b"]] * 3)), "byte strings"),
     "objects": (_object_npy, "dtype object"),
     "2-D labels": (lambda t: _npy_case(t, GOOD, np.arange(3).reshape(3, 1)), "1-D"),
-    "float labels": (lambda t: _npy_case(t, GOOD, np.array([0.5, 1.0, 2.0])), "integers"),
+    ".h5 float labels": (
+        lambda t: _h5_case(t, descriptors=GOOD, labels=np.array([0.5, 1.0, 2.0])),
+        "integers",
+    ),
     "non-UTF-8 names.txt": (lambda t: _npy_case(t, GOOD, None, b"a\nb\xe9\nc\n"), "not UTF-8"),
     "non-UTF-8 .h5 names": (
         lambda t: _h5_case(t, descriptors=GOOD, labels=np.arange(3), names=np.array([b"a", b"b\xff", b"c"])),

@@ -170,6 +170,29 @@ def test_pooled_descriptors_are_unit_norm_and_max_is_global_max():
         model.forward_maps(x, "conv6_1")
 
 
+@pytest.mark.parametrize("pool", ["ceil", "floor"])
+def test_extraction_model_runs_this_stack_once_for_several_layers(pool):
+    """The extraction's VGGModel gives, for every requested layer, this module's maps of that layer
+    (pooled with extract.pooling), so the stack tested above is the one that fills the cache."""
+    from configs.schema import load_config
+    from extract.models import VGGModel
+    from extract.pooling import pool_maps
+
+    layers = ["conv3_3", "pool4", "conv5_3"]
+    x = torch.randn(2, 3, 40, 72, generator=torch.Generator().manual_seed(1))
+    base = ["backbone.name=vgg16", f"backbone.arch={{pool: {pool}}}", f"layers=[{', '.join(layers)}]"]
+    maps_model = VGGModel(load_config(None, [*base, "pooling.name=none"]), torch.device("cpu"), "float32")
+    gem_model = VGGModel(load_config(None, [*base, "pooling.name=gem"]), torch.device("cpu"), "float32")
+    net = load_vgg16(seed=0)
+    maps, pooled = maps_model(x), gem_model(x)
+    with torch.no_grad():
+        for layer in layers:
+            alone = net.forward_maps(x, layer, cvft=pool == "ceil")
+            assert maps[layer].shape[1:] == maps_model.row_shape(layer, (40, 72))
+            torch.testing.assert_close(maps[layer], alone, rtol=0, atol=0)
+            torch.testing.assert_close(pooled[layer], pool_maps(alone, "gem"), rtol=0, atol=0)
+
+
 def test_preprocess_cvft_is_bgr_minus_caffe_means_and_imagenet_is_rgb_mean_std():
     img = np.zeros((4, 5, 3), dtype=np.uint8)
     img[..., 0], img[..., 1], img[..., 2] = 10, 20, 30  # R, G, B
