@@ -1,4 +1,10 @@
-"""The `pipeline` command line: parse, load the config, call a stage. Nothing else lives here."""
+"""The `pipeline` Python API and the command line over it.
+
+The API (``import pipeline``): :func:`load_config`, :func:`extract`, :func:`align`, :func:`retrieve`,
+:func:`run`, :func:`open_entry`, :func:`evaluate`; each stage call makes a run folder and returns a
+:class:`StageResult`. The command line (``cmd_*``) parses, calls the API and prints; what it prints
+is rendered by ``configs.console``.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,45 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
+from configs.console import (
+    Progress,
+    Reporter,
+    SilentProgress,
+    cache_table,
+    metrics_table,
+    stderr_console,
+    stdout_console,
+)
+from configs.console import say as _say
 from configs.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cache.store import CacheStore, Entry
+    from configs.run import RunFolder
+    from configs.schema import Config
+
+__all__ = [
+    "Progress",
+    "Reporter",
+    "StageResult",
+    "UserError",
+    "align",
+    "evaluate",
+    "extract",
+    "load_config",
+    "open_entry",
+    "retrieve",
+    "run",
+]
 
 app = typer.Typer(
     add_completion=False,
@@ -34,8 +63,8 @@ app = typer.Typer(
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and maintain the feature cache.")
 app.add_typer(cache_app, name="cache")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
+out = stdout_console()
+err = stderr_console()
 
 
 class _State:
@@ -56,61 +85,235 @@ def _options(
     cache_dir: str | None = typer.Option(
         None, "--cache-dir", help="Cache root (default: $PIPELINE_CACHE_DIR, else ~/.cache/cvgl-pipeline)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (for scripts)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no messages (for scripts)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
 ) -> None:
     STATE.cache_dir, STATE.quiet, STATE.debug = cache_dir, quiet, debug
 
 
-# -- progress -------------------------------------------------------------------------------------
-class _RateColumn(ProgressColumn):
-    def render(self, task) -> Text:  # type: ignore[override]
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} it/s" if speed else "– it/s", style="progress.data.speed")
-
-
-class Reporter:
-    """Rich progress bars with items/s and ETA; silent with --quiet."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.progress: Progress | None = None
-        self.tasks: dict[str, int] = {}
-
-    def __enter__(self) -> Reporter:
-        if not self.quiet:
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                _RateColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=err,
-                transient=False,
-            )
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def __call__(self, desc: str, done: int, total: int, info: dict | None = None) -> None:
-        if self.progress is None:
-            return
-        if desc not in self.tasks:
-            self.tasks[desc] = self.progress.add_task(desc, total=total or None, info="")
-        text = "  ".join(f"{k}={v:.4g}" for k, v in (info or {}).items() if isinstance(v, (int, float)))
-        self.progress.update(self.tasks[desc], completed=done, total=total or None, info=text)
-
-    def log(self, desc: str, epoch: int, epochs: int, losses: dict) -> None:
-        self(desc, epoch, epochs, losses)
-
-
 def say(msg: str) -> None:
-    if not STATE.quiet:
-        err.print(msg)
+    """A message on stderr, unless --quiet."""
+    _say(err, msg, quiet=STATE.quiet)
+
+
+# -- the Python API -------------------------------------------------------------------------------
+@dataclass
+class StageResult:
+    """What a stage call returns.
+
+    ``run_dir``: the run folder (config.yaml, run.json, the stage's outputs); None on a torchrun rank
+    other than 0, which keeps none. ``entries``: the extracted entries (each with ``alias``, ``key``,
+    ``count``, ``view``, ``layer`` and ``reused``). ``aligned``: the aligned entries (``alias``,
+    ``key``, ``count``, ``reused``). ``metrics``: the retrieval metrics as written to metrics.json
+    (percent), None for extract and align.
+    """
+
+    run_dir: Path | None
+    entries: list = field(default_factory=list)
+    aligned: list = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+
+
+def load_config(config: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """A validated config: a YAML file or a shipped config's name (``"demo"``), then ``section.field=value``
+    overrides, exactly as on the command line. Bad input raises ``UserError`` naming the fix."""
+    from configs.schema import load_config as load
+
+    return load(config, list(overrides))
+
+
+def _in_run_folder(
+    stage: str,
+    cfg: Config,
+    cache_dir: str | Path | None,
+    work: Callable[[Config, CacheStore, RunFolder], Any],
+) -> tuple[Any, Path | None]:
+    """``work(cfg, store, folder)`` inside a new run folder; a failure marks the folder failed."""
+    from cache.store import CacheStore
+    from configs.run import RunFolder
+
+    store = CacheStore.open_default(cache_dir)
+    folder = RunFolder(cfg, stage, cache_root=store.root)
+    try:
+        result = work(cfg, store, folder)
+    except BaseException as e:
+        folder.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
+    folder.finish()
+    return result, None if folder.scratch else folder.path
+
+
+def extract(
+    cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress | None = None
+) -> StageResult:
+    """Run the frozen backbone over ``cfg.dataset`` and cache one entry per (view, layer); entries the
+    cache already holds are reused, not recomputed. ``cache_dir``: as ``--cache-dir``."""
+    from extract.runner import run_extraction
+
+    report = progress or SilentProgress()
+
+    def work(cfg: Config, store: CacheStore, folder: RunFolder) -> list:
+        entries = run_extraction(cfg, store, progress=report)
+        folder.record_keys({e.alias: e.key for e in entries})
+        return entries
+
+    entries, run_dir = _in_run_folder("extract", cfg, cache_dir, work)
+    return StageResult(run_dir, entries=entries)
+
+
+def align(
+    cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress | None = None
+) -> StageResult:
+    """Train ``cfg.align.method`` on cached entries and cache the aligned entries (reused when cached)."""
+    from align.runner import run_alignment
+
+    report = progress or SilentProgress()
+    aligned, run_dir = _in_run_folder(
+        "align", cfg, cache_dir, lambda cfg, store, folder: run_alignment(cfg, store, folder, log=report.log)
+    )
+    return StageResult(run_dir, aligned=aligned)
+
+
+def _retrieval(
+    cfg: Config,
+    store: CacheStore,
+    folder: RunFolder,
+    progress: Progress,
+    query: str | None = None,
+    gallery: str | None = None,
+) -> dict[str, Any]:
+    from retrieve.runner import run_retrieval
+
+    if cfg.dataset.layout == "geoalign_release":
+        from align.runner import run_release
+
+        q, g = run_release(cfg, store, folder)
+        query, gallery = query or cfg.retrieve.query or q, gallery or cfg.retrieve.gallery or g
+    return run_retrieval(cfg, store, folder, query=query, gallery=gallery, progress=progress)
+
+
+def retrieve(
+    cfg: Config,
+    *,
+    query: str | None = None,
+    gallery: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> StageResult:
+    """Exact retrieval metrics of ``query`` against ``gallery`` (aliases or keys; default
+    ``cfg.retrieve.query`` / ``gallery``, else the extraction's entries) under ``cfg.retrieve``."""
+    report = progress or SilentProgress()
+    metrics, run_dir = _in_run_folder(
+        "retrieve",
+        cfg,
+        cache_dir,
+        lambda cfg, store, folder: _retrieval(cfg, store, folder, report, query, gallery),
+    )
+    return StageResult(run_dir, metrics=metrics)
+
+
+def run(cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress | None = None) -> StageResult:
+    """extract → align → retrieve in one run folder; each stage reuses what the cache holds."""
+    from align.runner import run_alignment
+    from extract.runner import run_extraction
+
+    report = progress or SilentProgress()
+
+    def work(cfg: Config, store: CacheStore, folder: RunFolder) -> StageResult:
+        entries = run_extraction(cfg, store, progress=report)
+        folder.record_keys({e.alias: e.key for e in entries})
+        aligned = run_alignment(cfg, store, folder, log=report.log)
+        metrics = _retrieval(cfg, store, folder, report)
+        return StageResult(None, entries=entries, aligned=aligned, metrics=metrics)
+
+    result, run_dir = _in_run_folder("run", cfg, cache_dir, work)
+    result.run_dir = run_dir
+    return result
+
+
+def open_entry(ref: str, *, cache_dir: str | Path | None = None) -> Entry:
+    """A complete cache entry by alias, key or unambiguous key prefix (8+ hex digits).
+
+    ``entry.read()`` gives ``(descriptors [n, d] float32, labels [n] int64, names)``;
+    ``entry.iter_chunks(with_names=True)`` yields the same shard by shard (one shard in memory);
+    ``entry.labels()`` / ``entry.names()`` read no descriptors. ``key``, ``count``, ``shape``,
+    ``manifest`` describe it.
+    """
+    from cache.store import CacheStore
+
+    return CacheStore.open_default(cache_dir).open(ref)
+
+
+def evaluate(
+    query: np.ndarray | Entry,
+    query_labels: np.ndarray | None,
+    gallery: np.ndarray | Entry,
+    gallery_labels: np.ndarray | None,
+    protocol: str = "u1652",
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    topk: int = 10,
+    device: str = "cpu",
+    semi_positives: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Metrics (percent) of ``query`` rows against ``gallery`` rows under ``protocol``
+    (u1652 | geoalign | cvft | vigor), scored by cosine as ``retrieve`` scores them.
+
+    Arrays are ``[n, d]`` descriptors with ``[n]`` integer labels (-1 junk, -2 distractor; labels may
+    be None under cvft, where row i of each side is a pair). An :class:`Entry` (:func:`open_entry`) may
+    stand for either side, with its labels passed as None: a gallery entry is streamed shard by shard.
+    ``topk`` is capped at the gallery size; ``semi_positives`` is vigor's ``[n_q, m]`` labels.
+    """
+    from cache.store import Entry
+    from retrieve.indexes import l2_normalize_rows
+    from retrieve.metrics import evaluate_streaming
+
+    if isinstance(query, Entry):
+        q, own_labels, _ = query.read()
+        query_labels = own_labels if query_labels is None else query_labels
+        query = q
+    q = l2_normalize_rows(query, "query")
+    if isinstance(gallery, Entry):
+        entry = gallery
+        if gallery_labels is not None:
+            raise UserError(
+                "a gallery given as a cache entry brings its own labels; pass gallery_labels=None"
+            )
+        n_gallery = entry.count
+
+        def chunks():
+            offset = 0
+            for d, lab, _ in entry.iter_chunks():
+                yield l2_normalize_rows(d, f"gallery {entry.label}", offset), lab
+                offset += d.shape[0]
+
+    else:
+        g = l2_normalize_rows(gallery, "gallery")
+        n_gallery = g.shape[0]
+
+        def chunks():
+            return iter([(g, gallery_labels)])
+
+    topk = min(topk, n_gallery) if isinstance(topk, int) and n_gallery > 0 else topk
+    summary, _ = evaluate_streaming(
+        q, query_labels, chunks, protocol, ks=ks, topk=topk, device=device, semi_positives=semi_positives
+    )
+    return summary
+
+
+# -- the command line's display -------------------------------------------------------------------
+def _reporter() -> Reporter:
+    """The command line's progress: bars on a terminal, plain lines elsewhere, nothing with --quiet."""
+    return Reporter(STATE.quiet, err)
+
+
+def _cli_stage(call: Callable[..., StageResult], cfg: Config) -> StageResult:
+    """An API stage call with --cache-dir and the command line's progress; says where the run folder is."""
+    with _reporter() as reporter:
+        result = call(cfg, cache_dir=STATE.cache_dir, progress=reporter)
+    if result.run_dir is not None:
+        say(f"run folder: {result.run_dir}")
+    return result
 
 
 # -- stage helpers --------------------------------------------------------------------------------
@@ -146,31 +349,13 @@ def _report_extract(entries) -> None:
 
 
 def _run_stage(stage: str, cfg, fn):
-    """Run one stage inside a run folder and progress bars; a failure marks the run folder failed."""
-    from configs.run import RunFolder
-
-    store = _store()
-    run = RunFolder(cfg, stage, cache_root=store.root)
-    try:
-        with Reporter(STATE.quiet) as reporter:
-            try:
-                result = fn(cfg, store, run, reporter)
-            except BaseException:
-                # The error must be the only thing on stderr. Progress.stop() would render the bars
-                # once more into a file or pipe and add a blank line after them; stopping its live
-                # display as transient instead erases the bars on a terminal and prints nothing
-                # elsewhere.
-                progress, reporter.progress = reporter.progress, None
-                if progress is not None:
-                    progress.live.transient = True
-                    progress.live.stop()
-                raise
-    except BaseException as e:
-        run.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise
-    run.finish()
-    if not run.scratch:
-        say(f"run folder: {run.path}")
+    """``fn(cfg, store, run, reporter)`` in a run folder with the command line's progress (the demos)."""
+    with _reporter() as reporter:
+        result, run_dir = _in_run_folder(
+            stage, cfg, STATE.cache_dir, lambda cfg, store, folder: fn(cfg, store, folder, reporter)
+        )
+    if run_dir is not None:
+        say(f"run folder: {run_dir}")
     return result
 
 
@@ -192,103 +377,62 @@ def _extract_flags(
     return list(args or []) + extra
 
 
-@app.command(context_settings={"allow_extra_args": True})
-def extract(
+@app.command("extract", context_settings={"allow_extra_args": True})
+def cmd_extract(
     args: list[str] | None = CONFIG_ARGS,
     skip_bad: bool = SKIP_BAD,
     launcher: str | None = LAUNCHER,
     nproc: int | None = NPROC,
 ) -> None:
     """Run the frozen backbone over a dataset and cache per-layer descriptors (skips cached entries)."""
-    cfg = _load(_extract_flags(args, skip_bad, launcher, nproc))
-
-    def go(cfg, store, run, reporter):
-        entries = _stage_extract(cfg, store, reporter)
-        run.record_keys({e.alias: e.key for e in entries})
-        return entries
-
-    _report_extract(_run_stage("extract", cfg, go))
+    _report_extract(_cli_stage(extract, _load(_extract_flags(args, skip_bad, launcher, nproc))).entries)
 
 
-@app.command()
-def align(args: list[str] | None = CONFIG_ARGS) -> None:
+def _report_aligned(entries) -> None:
+    for e in entries:
+        say(f"{'reused  ' if e.reused else 'computed'} {e.alias}  ({e.count} rows, key {e.key[:12]})")
+
+
+@app.command("align")
+def cmd_align(args: list[str] | None = CONFIG_ARGS) -> None:
     """Train an alignment method on cached descriptors and cache the aligned descriptors.
 
     Inputs: align.query / align.gallery (lists of entry aliases, one per layer), by default the
     extraction's entries <name>.<view>@<layer>. Outputs: <align.alias or name.method>.<view>.
     """
-    cfg = _load(args)
-
-    def go(cfg, store, run, reporter):
-        from align.runner import run_alignment
-
-        return run_alignment(cfg, store, run, log=reporter.log)
-
-    for e in _run_stage("align", cfg, go):
-        say(f"{'reused  ' if e.reused else 'computed'} {e.alias}  ({e.count} rows, key {e.key[:12]})")
+    _report_aligned(_cli_stage(align, _load(args)).aligned)
 
 
 def _print_metrics(rows: list[tuple[str, dict]]) -> None:
-    table = Table(title="retrieval")
-    keys = ["R@1", "R@5", "R@10", "R@1%", "AP"]
-    table.add_column("descriptors")
-    table.add_column("protocol")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for label, m in rows:
-        table.add_row(label, m["protocol"], *[f"{m[k]:.2f}" if k in m else "–" for k in keys])
-    out.print(table)
+    out.print(metrics_table(rows))
 
 
-@app.command()
-def retrieve(args: list[str] | None = CONFIG_ARGS) -> None:
+@app.command("retrieve")
+def cmd_retrieve(args: list[str] | None = CONFIG_ARGS) -> None:
     """Exact retrieval metrics: query=ALIAS gallery=ALIAS protocol=u1652|geoalign|cvft out=DIR."""
-    cfg = _load(args)
-
-    def go(cfg, store, run, reporter):
-        from retrieve.runner import run_retrieval
-
-        if cfg.dataset.layout == "geoalign_release":
-            from align.runner import run_release
-
-            q, g = run_release(cfg, store, run)
-            return run_retrieval(
-                cfg, store, run, query=cfg.retrieve.query or q, gallery=cfg.retrieve.gallery or g
-            )
-        return run_retrieval(cfg, store, run)
-
-    m = _run_stage("retrieve", cfg, go)
+    m = _cli_stage(retrieve, _load(args)).metrics
+    assert m is not None
     _print_metrics([(f"{m['query']} → {m['gallery']}", m)])
 
 
-@app.command()
-def run(
+@app.command("run")
+def cmd_run(
     args: list[str] | None = CONFIG_ARGS,
     skip_bad: bool = SKIP_BAD,
     launcher: str | None = LAUNCHER,
     nproc: int | None = NPROC,
 ) -> None:
     """extract → align → retrieve; each stage reuses what the cache already holds."""
-    cfg = _load(_extract_flags(args, skip_bad, launcher, nproc))
-
-    def go(cfg, store, run, reporter):
-        from align.runner import run_alignment
-        from retrieve.runner import run_retrieval
-
-        entries = _stage_extract(cfg, store, reporter)
-        run.record_keys({e.alias: e.key for e in entries})
-        _report_extract(entries)
-        aligned = run_alignment(cfg, store, run, log=reporter.log)
-        for e in aligned:
-            say(f"{'reused  ' if e.reused else 'computed'} {e.alias}")
-        return run_retrieval(cfg, store, run)
-
-    m = _run_stage("run", cfg, go)
+    result = _cli_stage(run, _load(_extract_flags(args, skip_bad, launcher, nproc)))
+    _report_extract(result.entries)
+    _report_aligned(result.aligned)
+    m = result.metrics
+    assert m is not None
     _print_metrics([(f"{m['query']} → {m['gallery']}", m)])
 
 
-@app.command(context_settings={"allow_extra_args": True})
-def sweep(
+@app.command("sweep", context_settings={"allow_extra_args": True})
+def cmd_sweep(
     args: list[str] | None = CONFIG_ARGS,
     grid: list[str] | None = typer.Option(
         None, "--grid", help="KEY=\\[v1,v2,…]: an axis; the points are the product of every --grid axis."
@@ -308,7 +452,7 @@ def sweep(
     path, overrides = _split_args(args)
     spec = build_sweep(path, overrides, grid, zipped)
     say(f"sweep of {len(spec.points)} points into {spec.out}")
-    with Reporter(STATE.quiet) as reporter:
+    with _reporter() as reporter:
         result = run_sweep(spec, _store().root, progress=reporter, log=say)
     out.print(result.markdown, markup=False, highlight=False)
     for p in result.files:
@@ -320,11 +464,15 @@ def sweep(
         )
 
 
+# The demo's sweep: raw descriptors, then each alignment method (align.params in configs/demo.yaml).
+DEMO_METHODS = ("identity", "isms", "geoalign", "fusion", "emcvgl")
 DEMO_NOTE = (
     "The backbone in this demo is a small, randomly initialised DINOv3 (no weights can be downloaded), "
-    "run on a synthetic dataset the tool generates: these numbers show that the pipeline works end to end, "
-    "not what a trained model reaches."
+    "run on a synthetic dataset the tool generates: these numbers show that the pipeline works end to end "
+    "(extraction cached once, every method trained and evaluated, everything reused on a second run), "
+    "not what a trained model reaches, nor how the methods rank on real data."
 )
+DEMO_FINDINGS = "TODO"
 
 
 @app.command()
@@ -334,22 +482,34 @@ def demo(
         help="[geoalign|cvft] then section.field=value overrides of configs/demo.yaml or configs/demo_cvft.yaml.",
     ),
 ) -> None:
-    """A synthetic end-to-end run on CPU. `demo` (default): drone→satellite with a small random DINOv3 and
-    ISMS. `demo cvft`: ground→aerial with a random VGG16 and CVFT against its baselines."""
+    """A synthetic end-to-end run on CPU. `demo` (default): drone→satellite with a small random DINOv3, a
+    sweep over raw, ISMS, GeoAlign stream 1, fusion and EM-CVGL, then the same methods on synthetic
+    descriptors with a known drone distortion. `demo cvft`: ground→aerial with a random VGG16 and CVFT
+    against its baselines."""
     args = list(args or [])
     which = args.pop(0) if args and "=" not in args[0] else "geoalign"
     if which == "cvft":
         return _demo_cvft(args)
     if which != "geoalign":
         raise UserError(f"unknown demo {which!r}; use `pipeline demo` or `pipeline demo cvft`")
-    from configs.schema import load_config
+    import json
 
-    cfg = load_config("demo", args)
+    from rich.table import Table
+
+    from configs.schema import load_config
+    from configs.sweep import build_sweep
+
+    # One folder for the whole demo: its run.json at the top, the sweep's table, plot and points
+    # below it, and the descriptor world's runs in world/.
+    given = load_config("demo", args)
+    folder = Path(given.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
+    overrides = [a for a in args if a.split("=", 1)[0].strip() != "out"] + [f"out={folder}"]
+    cfg = load_config("demo", overrides)
+    spec = build_sweep("demo", overrides, [f"align.method=[{','.join(DEMO_METHODS)}]"])
 
     def go(cfg, store, run, reporter):
-        from align.runner import run_alignment
-        from configs.naming import aligned_alias, extracted_alias, query_gallery_views
-        from retrieve.runner import run_retrieval
+        from align.demo_world import run_descriptor_world
+        from retrieve.sweep import finished, run_sweep
 
         say(DEMO_NOTE)
         entries = _stage_extract(cfg, store, reporter)
@@ -358,37 +518,65 @@ def demo(
             say(f"all {len(entries)} descriptor entries reused from the cache: the backbone was not run")
         else:
             _report_extract(entries)
-        aligned = run_alignment(cfg, store, run, log=reporter.log)
-        if aligned and all(e.reused for e in aligned):
-            say("aligned descriptors reused from the cache: the alignment was not retrained")
-        qv, gv = query_gallery_views(cfg)
-        layer = cfg.backbone.layers[-1]
-        rows = []
-        raw = run_retrieval(
-            cfg,
-            store,
-            run,
-            query=extracted_alias(cfg, qv, layer),
-            gallery=extracted_alias(cfg, gv, layer),
-            out_dir=run.path / "raw",
+        done_before = {p.index for p in spec.points if finished(p)}
+        result = run_sweep(spec, store.root, progress=reporter, log=say)
+        # A point trained nothing when it was already finished in this folder or its alignment was
+        # found in the cache (identity trains nothing at all).
+        trained = []
+        for p, row in zip(spec.points, result.rows):
+            info = json.loads((p.folder / "run.json").read_text()) if (p.folder / "run.json").is_file() else {}
+            method = p.values["align.method"]
+            if method != "identity" and p.index not in done_before and not info.get("align_reused"):
+                trained.append(method)
+        world = run_descriptor_world(store, folder / "world", DEMO_METHODS, seed=cfg.seed, log=say)
+        trained += [f"world:{w.method}" for w in world if w.method != "identity" and not w.reused]
+        if not trained:
+            say("every alignment reused from the cache: nothing was retrained")
+        run.record(
+            demo={row["align.method"]: {k: row[k] for k in ("R@1", "R@5", "R@10", "R@1%", "AP")} for row in result.rows},
+            world={w.method: w.metrics for w in world},
+            reused_all=all(e.reused for e in entries),
+            trained=trained,
+            sweep=[str(f) for f in result.files],
         )
-        rows.append((f"raw layer {layer}", raw))
-        if aligned:
-            al = run_retrieval(
-                cfg,
-                store,
-                run,
-                query=aligned_alias(cfg, qv),
-                gallery=aligned_alias(cfg, gv),
-                out_dir=run.path / cfg.align.method,
-            )
-            rows.append((f"{cfg.align.method} (layers {', '.join(map(str, cfg.backbone.layers))})", al))
-        run.record(demo={label: m for label, m in rows}, reused_all=all(e.reused for e in entries))
-        return rows
+        return result, world
 
-    rows = _run_stage("demo", cfg, go)
-    _print_metrics(rows)
+    result, world = _run_stage("demo", cfg, go)
+    layers = ", ".join(map(str, cfg.backbone.layers))
+    last = cfg.backbone.layers[-1]
+    labels = {
+        "identity": f"raw (layer {last})",
+        "isms": f"ISMS (layers {layers})",
+        "geoalign": f"GeoAlign stream 1 (layer {last})",
+        "fusion": "fusion: stream 1 ‖ ISMS",
+        "emcvgl": f"EM-CVGL (layer {last})",
+    }
+    table = Table(title="1. random DINOv3 on synthetic images: drone → satellite (u1652 protocol)")
+    for c in ("method", "R@1", "R@5", "R@10", "R@1%", "AP", "align s", "status"):
+        table.add_column(c, justify="left" if c in ("method", "status") else "right")
+    for row in result.rows:
+        cells = [f"{row[k]:.2f}" if isinstance(row[k], float) else "–" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")]
+        t = row["align_s"]
+        table.add_row(labels[row["align.method"]], *cells, f"{t:.1f}" if isinstance(t, float) else "–", row["status"])
+    out.print(table)
+    wtable = Table(title="2. synthetic descriptors with a known drone distortion (align/synthetic.py)")
+    for c in ("method", "R@1", "R@5", "R@10", "R@1%", "AP", "align s"):
+        wtable.add_column(c, justify="left" if c == "method" else "right")
+    for w in world:
+        name = labels[w.method].split(" (")[0]
+        wtable.add_row(
+            name, *(f"{w.metrics[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
+            "reused" if w.reused else f"{w.train_s:.1f}",
+        )
+    out.print(wtable)
     out.print(DEMO_NOTE)
+    out.print(DEMO_FINDINGS)
+    say(f"sweep table, plot and reports: {spec.out / 'sweep.md'}, {spec.out / 'sweep.png'}, {spec.out / 'points'}")
+    if result.failed:
+        raise UserError(
+            f"{result.failed} of {len(result.rows)} demo points failed (status and error in "
+            f"{spec.out / 'sweep.csv'}); fix them and rerun the same command: finished points are reused"
+        )
 
 
 DEMO_CVFT_NOTE = (
@@ -457,8 +645,8 @@ def _demo_cvft(overrides: list[str]) -> None:
     out.print(DEMO_CVFT_NOTE)
 
 
-@app.command()
-def compare(
+@app.command("compare")
+def cmd_compare(
     runs: list[Path] = typer.Argument(..., help="Run folders (or metrics.json files) to compare."),
     dest: Path = typer.Option(Path("."), "--out", help="Where comparison.md and comparison.csv go."),
 ) -> None:
@@ -472,40 +660,18 @@ def compare(
 
 
 # -- cache ----------------------------------------------------------------------------------------
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 @cache_app.command("ls")
-def cache_ls() -> None:
+def cmd_cache_ls() -> None:
     """List cache entries (aliases, rows, shape, size, state)."""
     store = _store()
-    table = Table(title=f"cache {store.root}")
-    for c in ("key", "aliases", "kind", "rows", "shape", "dtype", "size", "state"):
-        table.add_column(c)
-    for r in store.ls():
-        table.add_row(
-            r["key"][:12],
-            ", ".join(r["aliases"]) or "–",
-            r["kind"] or "–",
-            str(r["count"] or "–"),
-            "×".join(map(str, r["shape"])) if r["shape"] else "–",
-            r["dtype"] or "–",
-            _human(r["bytes"]),
-            r.get("state") or ("complete" if r["complete"] else "incomplete"),
-        )
-    out.print(table)
+    out.print(cache_table(f"cache {store.root}", store.ls()))
     # Bad alias files are listed, not fatal: `ls` is how a user finds what to repair.
     for name, problem in store.alias_problems().items():
         out.print(f"bad alias {name!r}: {problem}", markup=False, highlight=False)
 
 
 @cache_app.command("show")
-def cache_show(ref: str) -> None:
+def cmd_cache_show(ref: str) -> None:
     """Print the manifest of an entry (by alias or key)."""
     store = _store()
     entry = store.open(ref)
@@ -513,7 +679,9 @@ def cache_show(ref: str) -> None:
 
 
 @cache_app.command("verify")
-def cache_verify(ref: str | None = typer.Argument(None, help="Alias or key; default: every entry.")) -> None:
+def cmd_cache_verify(
+    ref: str | None = typer.Argument(None, help="Alias or key; default: every entry."),
+) -> None:
     """Recompute shard checksums, check shard identity and alias files; names every problem (exit code 2 if any)."""
     store = _store()
     report = store.verify(ref)
@@ -542,7 +710,7 @@ def cache_verify(ref: str | None = typer.Argument(None, help="Alias or key; defa
 
 
 @cache_app.command("rm")
-def cache_rm(
+def cmd_cache_rm(
     refs: list[str] | None = typer.Argument(None, help="Entries to remove, by alias, key or key prefix."),
     aliases: list[str] | None = typer.Option(
         None, "--alias", help="Remove just this alias file (the entry stays); repeatable."
@@ -559,7 +727,7 @@ def cache_rm(
 
 
 @cache_app.command("gc")
-def cache_gc() -> None:
+def cmd_cache_gc() -> None:
     """Remove incomplete entries nobody is writing, temporary files, invalid or dangling aliases, and
     retrieval indexes whose gallery entry is gone or changed."""
     from retrieve.indexes import gc_indexes
@@ -573,7 +741,7 @@ def cache_gc() -> None:
 
 
 @cache_app.command("import")
-def cache_import(
+def cmd_cache_import(
     source: Path = typer.Argument(..., help="A .npy/.h5 array file, or a GeoAlign feature folder."),
     alias: str | None = typer.Option(
         None, "--alias", help="Alias (GeoAlign folders: prefix of <alias>.<sat|dro>@<layer>)."
@@ -597,7 +765,7 @@ def cache_import(
 
 
 @cache_app.command("export")
-def cache_export(
+def cmd_cache_export(
     ref: str,
     fmt: str = typer.Option(
         "npy", "--format", help="npy | geoalign | mat (one side of <out>/pytorch_result.mat; --view query|gallery)"

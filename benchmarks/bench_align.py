@@ -8,6 +8,15 @@ python benchmarks/bench_align.py time [--epochs 3] [--isms-epochs 1] [--threads 
     forward + backward) and times this machine's float32 matmul at the same shapes and threads:
     work / matmul throughput is the least time any implementation of the same schedule can take here.
 
+python benchmarks/bench_align.py time --dtype bfloat16 …
+    The same in bf16 autocast (align.dtype=bfloat16; fast only where the CPU has AMX/AVX512-BF16).
+
+python benchmarks/bench_align.py profile [--steps 2] [--threads N] [--dtype float32] [--top 15]
+    torch.profiler over release-size stream-1 training steps (forward, losses, backward, clipping,
+    CAdamW), after one warm-up step: the operations with the most self CPU time, and the share of
+    time in matrix products. The state saving and monitoring of the stage are not in it (see
+    BENCHMARKS.md for the stage timed end to end).
+
 python benchmarks/bench_align.py verify-release --geoalign /tmp/ref/GeoAlign --workdir /tmp/verify
     Builds a small fake release (random weights, random features), runs GeoAlign's own evaluate.py
     on it (a patched throwaway copy in --workdir: paths, sizes, more printed decimals) and compares
@@ -68,7 +77,12 @@ def bench_time(args: argparse.Namespace) -> dict:
     stamps: list[float] = []
     t0 = now()
     train_stream1(
-        sat, dro, cfg.replace(epochs=args.epochs), device=device, on_epoch=lambda e, s: stamps.append(now())
+        sat,
+        dro,
+        cfg.replace(epochs=args.epochs),
+        device=device,
+        dtype=args.dtype,
+        on_epoch=lambda e, s: stamps.append(now()),
     )
     per_epoch = [b - a for a, b in zip([t0] + stamps[:-1], stamps)]
     # The first epoch carries allocator warm-up; extrapolate from the rest when there is a rest.
@@ -85,6 +99,7 @@ def bench_time(args: argparse.Namespace) -> dict:
         x,
         ISMSConfig(**{**icfg.__dict__, "epochs": args.isms_epochs}),
         device=device,
+        dtype=args.dtype,
         on_epoch=lambda e, s: istamps.append(now()),
     )
     i_epoch = [b - a for a, b in zip([t1] + istamps[:-1], istamps)]
@@ -92,6 +107,7 @@ def bench_time(args: argparse.Namespace) -> dict:
     isms_epoch = sum(i_steady) / len(i_steady)
     out = {
         "device": device,
+        "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "load_avg_1m": os.getloadavg()[0],
         "stream1_epochs_timed": args.epochs,
@@ -105,6 +121,57 @@ def bench_time(args: argparse.Namespace) -> dict:
     out["total_min"] = out["stream1_300_epochs_min"] + out["isms_full_min"]
     out.update(work_bound(cfg, icfg, n_sat, n_rows=n_sat + n_dro, device=device))
     return out
+
+
+def bench_profile(args: argparse.Namespace) -> dict:
+    """Top operations of release-size stream-1 steps under torch.profiler (see the module docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from align.optim import build_optimizer
+    from align.train_stream1 import autocast, stream1_batch_loss
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = Stream1Config()
+    model = GeoAlignStream1(cfg).train()
+    sat = F.normalize(torch.randn(701, cfg.out_dim), dim=-1)
+    dro = F.normalize(torch.randn(701 * cfg.dro_num, cfg.out_dim), dim=-1)
+    params = list(model.parameters())
+    opt = build_optimizer(cfg.optim, params, cfg.lr, cfg.weight_decay)
+    loss_fn = stream1_batch_loss(cfg)
+    labels = torch.arange(701)
+
+    def step() -> None:
+        with autocast("cpu", args.dtype):
+            loss, _ = loss_fn(model, None, sat, dro, labels, labels[: dro.shape[0]], 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(params, cfg.clip_grad)
+        opt.step()
+
+    step()  # warm-up: allocator, optimizer state
+    wall, cpu = time.perf_counter(), time.process_time()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1.0
+    matmul = sum(e.self_cpu_time_total for e in rows if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    return {
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "load_avg_1m": os.getloadavg()[0],
+        "steps": args.steps,
+        "wall_s_per_step": wall / args.steps,
+        "cpu_s_per_step": cpu / args.steps,
+        "matmul_share": matmul / total,
+        "top": [
+            {"op": e.key, "share": e.self_cpu_time_total / total, "calls_per_step": e.count / args.steps}
+            for e in rows[: args.top]
+        ],
+    }
 
 
 def step_flops(fn) -> float:
@@ -323,13 +390,20 @@ def main() -> None:
     t.add_argument("--isms-epochs", type=int, default=2)
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default cpu)")
+    t.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="align.dtype")
+    pr = sub.add_parser("profile")
+    pr.add_argument("--steps", type=int, default=2)
+    pr.add_argument("--threads", type=int, default=0)
+    pr.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    pr.add_argument("--top", type=int, default=15)
     v = sub.add_parser("verify-release")
     v.add_argument("--geoalign", required=True, help="a checkout of JZLhope/GeoAlign (outside this repo)")
     v.add_argument("--workdir", required=True, help="scratch folder (outside this repo)")
     v.add_argument("--extra-path", default=None, help="PYTHONPATH entry with easydict/tqdm for GeoAlign")
     v.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    out = bench_time(args) if args.cmd == "time" else bench_verify(args)
+    run = {"time": bench_time, "profile": bench_profile, "verify-release": bench_verify}[args.cmd]
+    out = run(args)
     print(json.dumps(out, indent=2))
 
 

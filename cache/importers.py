@@ -52,7 +52,8 @@ def _check_descriptors(desc: np.ndarray, where: Any) -> None:
     if desc.dtype.kind not in _REAL_KINDS:
         what = _KIND_WORDS.get(desc.dtype.kind, "not real numbers")
         raise UserError(
-            f"descriptors in {where} have dtype {desc.dtype} ({what}); import a real-valued float array [n, d]"
+            f"descriptors in {where} have dtype {desc.dtype} ({what}); "
+            "import a real-valued float array [n, d]"
         )
     if desc.ndim < 2:
         raise UserError(f"descriptors from {where} have shape {list(desc.shape)}; expected [n, d]")
@@ -62,8 +63,8 @@ def _check_labels(labels: np.ndarray, where: Any) -> None:
     """Refuse (UserError) labels that are not a 1-D array of integers that fit int64."""
     if labels.ndim != 1:
         raise UserError(
-            f"labels from {where} have shape {list(labels.shape)}; give a 1-D array [n] of one integer per row "
-            "(e.g. labels.reshape(-1))"
+            f"labels from {where} have shape {list(labels.shape)}; give a 1-D array [n] of one integer "
+            "per row (e.g. labels.reshape(-1))"
         )
     if labels.dtype.kind not in "iu":
         raise UserError(f"labels from {where} have dtype {labels.dtype}; labels must be integers (-1 = junk)")
@@ -219,7 +220,9 @@ def import_h5(store: CacheStore, path: Path, *, alias: str | None) -> Entry:
     if raw is None:
         names = _read_names(None, desc.shape[0], path.stem)
     elif raw.ndim != 1:
-        raise UserError(f"names in {path} have shape {list(raw.shape)}; store a 1-D dataset of one name per row")
+        raise UserError(
+            f"names in {path} have shape {list(raw.shape)}; store a 1-D dataset of one name per row"
+        )
     else:
         names = _decode_names(raw, f"{path}:names")
     return import_arrays(

@@ -140,6 +140,23 @@ def _check_row_shapes(
                 )
 
 
+def _to_host(
+    rows: dict[Layer, torch.Tensor], storage: torch.dtype, cuda: bool
+) -> tuple[dict[Layer, torch.Tensor], Any]:
+    """A batch's rows for the writer thread, and the CUDA event it must wait on (None on a CPU)."""
+    if not cuda:
+        return rows, None
+    # Cast on the device (half the transfer), copy into pinned memory without waiting;
+    # the writer thread waits on the event before it reads.
+    out: dict[Layer, torch.Tensor] = {}
+    for L, t in rows.items():
+        host = torch.empty(t.shape, dtype=storage, pin_memory=True)
+        out[L] = host.copy_(t.to(storage), non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return out, ready
+
+
 # --------------------------------------------------------------------------------------------------
 # The run
 
@@ -235,16 +252,7 @@ def _extract_list(
     job completed (rank 0 writes their manifests)."""
     with contextlib.ExitStack() as stack:
         if ranks.leader:
-            # Sorted order: two processes locking several keys can never deadlock.
-            for L in sorted(keys, key=lambda L: keys[L]):
-                stack.enter_context(
-                    store.lock(
-                        keys[L],
-                        on_wait=lambda: (
-                            progress and progress(f"waiting for another extractor of {images.view}", 0, 0)
-                        ),
-                    )
-                )
+            _lock_entries(stack, store, keys, images.view, progress)
         # Another process may have finished while rank 0 waited for the lock.
         todo = ranks.broadcast([L for L in keys if not store.has(keys[L])])
         if ranks.leader:
@@ -285,25 +293,54 @@ def _extract_list(
         ]
         _compute_shards(cfg, model, images, prep, writers, mine, batch_size, progress)
         ranks.barrier()  # every rank's shards are on disk
-        counts: dict[Layer, int] = {}
-        if ranks.leader:
-            for L, w in writers.items():
-                m = w.finish(
-                    alias=aliases[L],
-                    extra={
-                        "view": images.view,
-                        "root": str(images.root),
-                        "layer": L,
-                        "batch_size": batch_size,
-                        "ranks": ranks.world,
-                        **write_semi_positives(images, w.dir),
-                    },
-                    allow_empty=False,
-                )
-                counts[L] = m.count
+        counts = _finish_entries(writers, aliases, images, batch_size, ranks.world) if ranks.leader else {}
         counts = ranks.broadcast(counts)
         ranks.barrier()  # manifests written before anyone reads them
         return counts
+
+
+def _lock_entries(
+    stack: contextlib.ExitStack,
+    store: CacheStore,
+    keys: dict[Layer, str],
+    view: str,
+    progress: ProgressFn | None,
+) -> None:
+    """Hold the lock of every entry in ``keys`` until ``stack`` closes (rank 0 only)."""
+    # Sorted order: two processes locking several keys can never deadlock.
+    for L in sorted(keys, key=lambda L: keys[L]):
+        stack.enter_context(
+            store.lock(
+                keys[L],
+                on_wait=lambda: progress and progress(f"waiting for another extractor of {view}", 0, 0),
+            )
+        )
+
+
+def _finish_entries(
+    writers: dict[Layer, EntryWriter],
+    aliases: dict[Layer, str],
+    images: ImageList,
+    batch_size: int,
+    world: int,
+) -> dict[Layer, int]:
+    """Write the manifests once every shard is on disk (rank 0 only); returns {layer: rows}."""
+    counts: dict[Layer, int] = {}
+    for L, w in writers.items():
+        m = w.finish(
+            alias=aliases[L],
+            extra={
+                "view": images.view,
+                "root": str(images.root),
+                "layer": L,
+                "batch_size": batch_size,
+                "ranks": world,
+                **write_semi_positives(images, w.dir),
+            },
+            allow_empty=False,
+        )
+        counts[L] = m.count
+    return counts
 
 
 def _compute_shards(
@@ -356,20 +393,7 @@ def _compute_shards(
             batches=batches,
         )
         for planned, (idx, x) in zip(batches, loader):
-            outputs: dict[Layer, torch.Tensor] = {}
-            ready = None
-            if x is not None:
-                pooled = model(x)
-                if cuda:
-                    # Cast on the device (half the transfer), copy into pinned memory without waiting;
-                    # the writer thread waits on the event before it reads.
-                    for L, t in pooled.items():
-                        host = torch.empty(t.shape, dtype=storage, pin_memory=True)
-                        outputs[L] = host.copy_(t.to(storage), non_blocking=True)
-                    ready = torch.cuda.Event()
-                    ready.record()
-                else:
-                    outputs = pooled
+            outputs, ready = _to_host(model(x), storage, cuda) if x is not None else ({}, None)
             writer.put(Batch(planned[0] // cfg.extract.shard_rows, planned, idx.numpy(), outputs, ready))
             done += len(planned)
             if progress:

@@ -250,8 +250,9 @@ def l2_normalize_rows(rows: Any, what: str, offset: int = 0) -> np.ndarray:
     zero = np.flatnonzero(norms == 0)
     if zero.size:
         raise UserError(
-            f"{what} has {zero.size} all-zero descriptor row(s) (first: row {offset + int(zero[0])}); a zero "
-            "vector has no direction, so its cosine scores are undefined: remove those rows or re-extract them"
+            f"{what} has {zero.size} all-zero descriptor row(s) (first: row {offset + int(zero[0])}); "
+            "a zero vector has no direction, so its cosine scores are undefined: remove those rows or "
+            "re-extract them"
         )
     scale = np.where(np.abs(norms - 1) <= _UNIT_TOLERANCE, np.float32(1), norms)
     big = np.flatnonzero(np.isinf(norms))  # NaN/inf rows, or finite rows whose squares overflow float32
@@ -303,6 +304,10 @@ def build_index(
     chunks = _normalized_chunks(chunks, what)
     index = new_index(p, dim)
     info: dict[str, Any] = {}
+    desc = f"indexing gallery ({p.kind})"
+    if progress:
+        # Reported before training too: an IVF build spends its first minutes sampling and training.
+        progress(desc, 0, n_total)
     t0 = time.perf_counter()
     if p.trained:
         train = sample_rows(chunks, n_total, p.train_size, p.seed)
@@ -327,7 +332,7 @@ def build_index(
             index.add(a)
             added += a.shape[0]
             if progress:
-                progress(f"indexing gallery ({p.kind})", added, n_total)
+                progress(desc, added, n_total)
     if added != n_total:
         raise UserError(
             f"the gallery gave {added} rows while indexing, expected {n_total}; check the cache entry"
@@ -533,12 +538,19 @@ def open_or_build(
             if problem is not None:
                 # Not an error (the gallery is fine and the index is derived data), but never silent:
                 # a rebuild costs time, and a damaged cache is worth knowing about.
-                print(f"note: cached {p.kind} index {d}: {problem}; rebuilding it", file=sys.stderr, flush=True)
+                print(
+                    f"note: cached {p.kind} index {d}: {problem}; rebuilding it", file=sys.stderr, flush=True
+                )
                 status = f"rebuilt ({problem})"
         if d.exists():
             shutil.rmtree(d)
         index, build = build_index(
-            entry_chunks(gallery), gallery.count, gallery.dim, p, progress=progress, what=f"gallery {gallery.label}"
+            entry_chunks(gallery),
+            gallery.count,
+            gallery.dim,
+            p,
+            progress=progress,
+            what=f"gallery {gallery.label}",
         )
         _write(d, index, key, gallery, fp, p, build)
     info = {**build, "index_cache": status, "index_key": key, "path": str(d)}
@@ -557,7 +569,7 @@ def _read_meta(d: Path) -> dict | None:
 
 
 def _untrusted(d: Path, meta: dict) -> str | None:
-    """Why the cached index in ``d`` cannot be used as it is, or None when index.faiss matches its checksum."""
+    """Why the cached index in ``d`` cannot be used as it is; None when index.faiss matches its checksum."""
     if not meta:
         return "index.json is unreadable"
     want = meta.get("index_sha256")

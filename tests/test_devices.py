@@ -35,7 +35,9 @@ def test_unknown_or_unsupported_device_is_an_error_naming_the_setting(name):
 
 @no_cuda
 def test_cuda_without_cuda_is_an_error_naming_the_setting_unless_a_fallback_is_allowed():
-    with pytest.raises(UserError, match=r"^align\.device=cuda:1 but CUDA is not available; set align\.device"):
+    with pytest.raises(
+        UserError, match=r"^align\.device=cuda:1 but CUDA is not available; set align\.device"
+    ):
         resolve_device("cuda:1", "align.device")
     with pytest.warns(UserWarning, match="retrieve.device=cuda but CUDA is not available"):
         assert resolve_device("cuda", "retrieve.device", cuda_fallback=True) == torch.device("cpu")
