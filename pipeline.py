@@ -496,14 +496,14 @@ def demo(
 
     from rich.table import Table
 
-    from configs.schema import load_config
+    from configs.schema import load_config, split_override
     from configs.sweep import build_sweep
 
     # One folder for the whole demo: its run.json at the top, the sweep's table, plot and points
     # below it, and the descriptor world's runs in world/.
     given = load_config("demo", args)
     folder = Path(given.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
-    overrides = [a for a in args if a.split("=", 1)[0].strip() != "out"] + [f"out={folder}"]
+    overrides = [a for a in args if split_override(a)[0] != "out"] + [f"out={folder}"]
     cfg = load_config("demo", overrides)
     spec = build_sweep("demo", overrides, [f"align.method=[{','.join(DEMO_METHODS)}]"])
 

@@ -119,38 +119,34 @@ def _emcvgl_batch_loss(cfg: EMCVGLConfig):
     def batch_loss(model, scale, sat_b, dro_b, sl, dl, epoch):
         enc_a = model.enc1(sat_b)
         enc_b = model.enc2(dro_b)
-        rec_a, rec_b = model.dec1(enc_a), model.dec2(enc_b)
         # Under bf16 autocast only the adapter runs in bf16; similarities and losses stay float32.
+        # (The order of the calls is kept: it fixes autograd's accumulation order, so float32 runs
+        # give the same bytes as before autocast existed.)
         with torch.autocast(sat_b.device.type, enabled=False):
-            return _emcvgl_terms(
-                cfg, scale, enc_a.float(), enc_b.float(), rec_a.float(), rec_b.float(), sat_b, dro_b, sl, dl
+            sim = F.normalize(enc_a.float(), dim=-1) @ F.normalize(enc_b.float(), dim=-1).T
+            l_pseudo, matches = hard_pseudo_label_infonce(
+                sim,
+                scale,
+                pseudo_thr=cfg.pseudo_thr,
+                mutual_match=cfg.mutual_match,
+                keep_neg=cfg.keep_neg,
+                label_smoothing=cfg.label_smoothing,
             )
+        rec_a, rec_b = model.dec1(enc_a), model.dec2(enc_b)
+        with torch.autocast(sat_b.device.type, enabled=False):
+            l_rec = l1_unit(rec_a.float(), sat_b) + l1_unit(rec_b.float(), dro_b)
+            loss = l_pseudo + cfg.idt_w * l_rec
+        stats = {
+            "loss": loss.item(),
+            "pseudo": l_pseudo.item(),
+            "rec": l_rec.item(),
+            "reliable_dro": matches.dro_keep.float().mean().item(),
+            "scale": float(scale.detach()),
+        }
+        stats.update(pseudo_label_accuracy(matches, sl, dl))
+        return loss, stats
 
     return batch_loss
-
-
-def _emcvgl_terms(cfg: EMCVGLConfig, scale, enc_a, enc_b, rec_a, rec_b, sat_b, dro_b, sl, dl):
-    """EM-CVGL's loss and logged statistics from the adapter's outputs (float32)."""
-    sim = F.normalize(enc_a, dim=-1) @ F.normalize(enc_b, dim=-1).T
-    l_pseudo, matches = hard_pseudo_label_infonce(
-        sim,
-        scale,
-        pseudo_thr=cfg.pseudo_thr,
-        mutual_match=cfg.mutual_match,
-        keep_neg=cfg.keep_neg,
-        label_smoothing=cfg.label_smoothing,
-    )
-    l_rec = l1_unit(rec_a, sat_b) + l1_unit(rec_b, dro_b)
-    loss = l_pseudo + cfg.idt_w * l_rec
-    stats = {
-        "loss": loss.item(),
-        "pseudo": l_pseudo.item(),
-        "rec": l_rec.item(),
-        "reliable_dro": matches.dro_keep.float().mean().item(),
-        "scale": float(scale.detach()),
-    }
-    stats.update(pseudo_label_accuracy(matches, sl, dl))
-    return loss, stats
 
 
 def train_emcvgl(

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from configs.diskspace import disk_full_is_user_error, write_bytes_atomic
+from configs.atomic import atomic_path, write_bytes_atomic
+from configs.diskspace import disk_full_is_user_error
 from configs.errors import UserError
 
 #: Written last in ``<cache>/models/<run digest>/``: the trained model's files (checkpoints, history).
@@ -77,14 +78,11 @@ def link_into(model_dir: Path, files: list[str], dest: Path) -> list[Path]:
     out = []
     for f in files:
         src, dst = model_dir / f, dest / f
-        tmp = dst.with_name(f".{f}.tmp-{os.getpid()}")
-        with disk_full_is_user_error(dst, tmp):
-            tmp.unlink(missing_ok=True)
+        with atomic_path(dst) as tmp:
             try:
                 os.link(src, tmp)
             except OSError:
                 shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
         out.append(dst)
     return out
 

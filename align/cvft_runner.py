@@ -20,7 +20,7 @@ from align.checkpoints import record_model_files, save_checkpoint
 from cache.keys import content_key
 from cache.shards import read_shard_rows
 from cache.store import CacheStore, Entry
-from configs.diskspace import write_text_atomic
+from configs.atomic import write_text_atomic
 from configs.errors import UserError
 from configs.naming import aligned_alias, extracted_alias, query_gallery_views
 from configs.run import RunFolder

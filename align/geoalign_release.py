@@ -28,6 +28,8 @@ import yaml
 from align.checkpoints import torch_save_atomic
 from align.geoalign import GeoAlignStream1, Stream1Config
 from align.isms import ISMS, isms_input
+from cache.importers import read_geoalign_view
+from configs.atomic import write_text_atomic
 from configs.errors import UserError
 
 STREAM1_CONFIG = Path("configs/base_stream1.yml")
@@ -146,7 +148,7 @@ def export_stream1(
     if config_path is not None:
         c = Path(config_path)
         c.parent.mkdir(parents=True, exist_ok=True)
-        c.write_text(yaml.safe_dump(cfg.to_geoalign_yaml(), sort_keys=False))
+        write_text_atomic(c, yaml.safe_dump(cfg.to_geoalign_yaml(), sort_keys=False))
     return p
 
 
@@ -189,28 +191,13 @@ def stream1_layer_from_config(path: str | Path) -> int:
 
 
 def read_feature_dir(folder: str | Path, view: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """``{view}_feat`` [N, C] float, ``{view}_id`` [N] int, ``{view}_name`` list of N names."""
-    d = Path(folder)
-    feat = load_tensor_file(d / f"{view}_feat", f"GeoAlign {view} features")
-    ids = load_tensor_file(d / f"{view}_id", f"GeoAlign {view} ids")
-    names = load_tensor_file(d / f"{view}_name", f"GeoAlign {view} names")
-    if not isinstance(feat, torch.Tensor) or feat.ndim != 2:
-        raise UserError(
-            f"{d / f'{view}_feat'} is not a 2-D feature tensor; re-extract with GeoAlign's extract_and_save"
-        )
-    ids = torch.as_tensor(ids)
-    if ids.ndim != 1 or ids.shape[0] != feat.shape[0]:
-        raise UserError(
-            f"{d / f'{view}_id'} has {tuple(ids.shape)} ids for {feat.shape[0]} features; the folder is inconsistent, re-extract it"
-        )
-    if not isinstance(names, list | tuple) or len(names) != feat.shape[0]:
-        raise UserError(
-            f"{d / f'{view}_name'} is not a list of {feat.shape[0]} names; the folder is inconsistent, re-extract it"
-        )
-    feat = feat.float()
-    if not torch.isfinite(feat).all():
-        raise UserError(f"{d / f'{view}_feat'} contains NaN or Inf; re-extract the features")
-    return feat, ids.long(), ["" if n is None else str(n) for n in names]
+    """``{view}_feat`` [N, C] float32, ``{view}_id`` [N] int64, ``{view}_name`` list of N names.
+
+    Read and checked by :func:`cache.importers.read_geoalign_view`, the reader ``cache import`` uses,
+    so a folder evaluates here exactly when it imports there.
+    """
+    desc, ids, names = read_geoalign_view(Path(folder), view)
+    return torch.from_numpy(desc), torch.from_numpy(ids), names
 
 
 def _same_rows(a: tuple[torch.Tensor, list[str]], b: tuple[torch.Tensor, list[str]], where: str) -> None:

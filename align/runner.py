@@ -37,8 +37,8 @@ from align.checkpoints import (
 )
 from cache.keys import content_key
 from cache.store import CacheStore, Entry
+from configs.atomic import write_text_atomic
 from configs.devices import resolve_device
-from configs.diskspace import write_text_atomic
 from configs.errors import UserError
 from configs.naming import aligned_alias, extracted_alias, query_gallery_views
 from configs.run import RunFolder

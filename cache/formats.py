@@ -26,13 +26,13 @@ layout), else -1 (unknown).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from cache.store import CacheStore, Entry
+from configs.atomic import atomic_path
 from configs.errors import UserError
 
 FIELD_IMPORT_FORMATS = ("mat", "hloc", "vpr")
@@ -210,15 +210,8 @@ def export_u1652_mat(entry: Entry, out: Path, *, side: str | None = None) -> Pat
     data[f"{s}_label"] = np.asarray(labels, np.int64)
     # savemat pads a list of strings into a char matrix; the reader strips the padding again.
     data[f"{s}_path"] = np.array(names, dtype=str) if names else np.array([], dtype=str)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            scipy.io.savemat(f, data, do_compression=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        scipy.io.savemat(f, data, do_compression=False)
     return target
 
 

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from cache.store import CacheStore, Entry, check_alias
+from configs.atomic import atomic_path, write_text_atomic
 from configs.errors import UserError
 
 GEOALIGN_VIEWS = ("sat", "dro")
@@ -253,6 +254,59 @@ def _geoalign_layer_dirs(root: Path) -> list[Path]:
     return dirs
 
 
+def read_geoalign_view(folder: Path, view: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One view of a GeoAlign feature folder, checked: ``(descriptors, ids, names)``.
+
+    ``folder`` holds GeoAlign's torch-saved ``{view}_feat`` (``[n, d]`` real numbers, returned as
+    float32), ``{view}_id`` (``[n]`` integers, or whole-number floats; returned as int64) and
+    ``{view}_name`` (a list of ``n`` names, UTF-8). Every file is loaded with ``weights_only=True``.
+    Anything else (a missing file, complex or boolean features, a wrong shape, counts that differ,
+    NaN or inf, names that are not UTF-8) is a one-line :class:`UserError` naming the file. This is
+    the one reader of the layout: ``cache import`` and GeoAlign release evaluation both use it.
+    """
+    d = Path(folder)
+    for part in ("feat", "id", "name"):
+        if not (d / f"{view}_{part}").is_file():
+            raise UserError(
+                f"{d / f'{view}_{part}'} is missing; GeoAlign folders need {view}_feat, {view}_id and {view}_name"
+            )
+    feat = d / f"{view}_feat"
+    desc = _torch_load(feat)
+    ids = _torch_load(d / f"{view}_id")
+    names = _torch_load(d / f"{view}_name")
+    if hasattr(desc, "is_complex") and (desc.is_complex() or str(desc.dtype) == "torch.bool"):
+        raise UserError(
+            f"descriptors in {feat} are {str(desc.dtype).removeprefix('torch.')}, not real numbers; "
+            "save a float tensor [n, d]"
+        )
+    # bfloat16 has no numpy dtype: every tensor goes through float32.
+    desc = desc.detach().float().numpy() if hasattr(desc, "numpy") else np.asarray(desc)
+    _check_descriptors(desc, feat)
+    if desc.ndim != 2:
+        raise UserError(
+            f"{feat} has shape {list(desc.shape)}, not a 2-D feature tensor [n, d]; re-extract with GeoAlign's "
+            "extract_and_save"
+        )
+    # Real numbers become float32, as always (an imported entry's key hashes them).
+    desc = desc.astype(np.float32, copy=False)
+    if not np.isfinite(desc).all():
+        raise UserError(f"{feat} contains NaN or infinite values; re-extract the features")
+    ids = ids.numpy() if hasattr(ids, "numpy") else np.asarray(ids)
+    if ids.dtype.kind == "f" and np.array_equal(ids, np.round(ids)):
+        ids = ids.astype(np.int64)  # whole-number float ids were always accepted
+    _check_labels(ids, d / f"{view}_id")
+    if ids.shape[0] != desc.shape[0]:
+        raise UserError(
+            f"{d / f'{view}_id'} has {ids.shape[0]} ids for {desc.shape[0]} features; the folder is inconsistent, "
+            "re-extract it"
+        )
+    if not isinstance(names, list | tuple) or len(names) != desc.shape[0]:
+        raise UserError(
+            f"{d / f'{view}_name'} is not a list of {desc.shape[0]} names; the folder is inconsistent, re-extract it"
+        )
+    return desc, ids.astype(np.int64, copy=False), _decode_names(names, d / f"{view}_name")
+
+
 def import_geoalign(store: CacheStore, root: Path, *, alias: str | None) -> list[tuple[str, Entry]]:
     """Import every ``{sat,dro}_{feat,id,name}`` triple under ``root`` as ``<alias>.<view>@<layer>``."""
     out = []
@@ -260,30 +314,9 @@ def import_geoalign(store: CacheStore, root: Path, *, alias: str | None) -> list
     for d in _geoalign_layer_dirs(root):
         layer = d.name if d != root else "0"
         for v in GEOALIGN_VIEWS:
-            feat = d / f"{v}_feat"
-            if not feat.exists():
+            if not (d / f"{v}_feat").exists():
                 continue
-            for part in ("id", "name"):
-                if not (d / f"{v}_{part}").exists():
-                    raise UserError(
-                        f"{d / f'{v}_{part}'} is missing; GeoAlign folders need {v}_feat, {v}_id and {v}_name"
-                    )
-            desc = _torch_load(feat)
-            ids = _torch_load(d / f"{v}_id")
-            names = _torch_load(d / f"{v}_name")
-            if hasattr(desc, "is_complex") and (desc.is_complex() or str(desc.dtype) == "torch.bool"):
-                raise UserError(
-                    f"descriptors in {feat} are {str(desc.dtype).removeprefix('torch.')}, not real numbers; "
-                    "save a float tensor [n, d]"
-                )
-            # bfloat16 has no numpy dtype: every tensor goes through float32.
-            desc = desc.float().numpy() if hasattr(desc, "numpy") else np.asarray(desc)
-            if desc.dtype.kind in "fiu":  # real numbers become float32, as always (the key hashes them)
-                desc = desc.astype(np.float32, copy=False)
-            ids = ids.numpy() if hasattr(ids, "numpy") else np.asarray(ids)
-            if ids.dtype.kind == "f" and np.array_equal(ids, np.round(ids)):
-                ids = ids.astype(np.int64)  # whole-number float ids were always accepted
-            names = _decode_names(names, d / f"{v}_name")
+            desc, ids, names = read_geoalign_view(d, v)
             a = f"{base}.{v}@{layer}"
             entry = import_arrays(
                 store,
@@ -353,15 +386,10 @@ def _geoalign_view(entry: Entry, view: str | None) -> str:
 
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write ``path`` through a temporary name and rename it, so a failed export never leaves a
-    truncated file that reads as complete."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``write(fh)`` into ``path`` atomically, so a failed export never leaves a truncated file that
+    reads as complete (``np.save`` is given a handle: with a name it would append ``.npy``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def export_entry(store: CacheStore, ref: str, *, fmt: str, out: Path, view: str | None = None) -> list[Path]:
@@ -386,15 +414,18 @@ def export_entry(store: CacheStore, ref: str, *, fmt: str, out: Path, view: str 
         paths = [out / "descriptors.npy", out / "labels.npy", out / "names.txt"]
         _write_atomic(paths[0], lambda fh: np.save(fh, desc))
         _write_atomic(paths[1], lambda fh: np.save(fh, labels))
-        _write_atomic(paths[2], lambda fh: fh.write("".join(n + "\n" for n in names).encode("utf-8")))
+        write_text_atomic(paths[2], "".join(n + "\n" for n in names))
         return paths
     if fmt == "geoalign":
         import torch
 
         v = _geoalign_view(entry, view)
         paths = [out / f"{v}_feat", out / f"{v}_id", out / f"{v}_name"]
-        torch.save(torch.from_numpy(desc.reshape(desc.shape[0], -1)), paths[0])
-        torch.save(torch.from_numpy(labels), paths[1])
-        torch.save(list(names), paths[2])
+        objs = (torch.from_numpy(desc.reshape(desc.shape[0], -1)), torch.from_numpy(labels), list(names))
+        for p, obj in zip(paths, objs):
+            # torch names the records inside its zip after the file name up to its last dot: the
+            # temporary name "<name>.tmp-<pid>" keeps them "<name>/...", the bytes a direct save writes.
+            with atomic_path(p, tmp=p.with_name(f"{p.name}.tmp-{os.getpid()}")) as tmp:
+                torch.save(obj, tmp)
         return paths
     raise UserError(f"unknown export format {fmt!r}; use npy, geoalign or mat")

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from configs.atomic import write_text_atomic
+
 KEY_VERSION = 1  # bump only when the meaning of a spec field changes
 
 
@@ -71,9 +73,7 @@ class DigestMemo:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self._data))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(self._data))
 
 
 def weights_digest(path: str | os.PathLike, memo: DigestMemo | None = None) -> str:

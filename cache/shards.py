@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from configs.diskspace import write_bytes_atomic
+from configs.atomic import write_bytes_atomic
 from configs.errors import UserError
 
 
@@ -48,19 +48,6 @@ def sum64(arr: np.ndarray) -> int:
     tail[: b.size % 8] = b[b.size - b.size % 8 :]
     with np.errstate(over="ignore"):
         return int(head.sum(dtype=np.uint64) + tail.view("<u8")[0])
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_shard(

@@ -28,6 +28,7 @@ import numpy as np
 from cache.keys import DigestMemo, content_key, file_sha256
 from cache.manifest import MANIFEST, Manifest, ShardInfo, read_manifest, write_manifest
 from cache.shards import ShardIdentity, identity_problem, read_shard, read_shard_attrs, shard_name, write_shard
+from configs.atomic import write_text_atomic
 from configs.errors import UserError
 
 ENV_VAR = "PIPELINE_CACHE_DIR"
@@ -600,10 +601,7 @@ class CacheStore:
         if not is_key(key):
             raise BadKeyError(f"cannot point alias {alias} at {_show(str(key))}: not a cache key")
         self.aliases_dir.mkdir(parents=True, exist_ok=True)
-        p = self.aliases_dir / alias
-        tmp = p.with_name(f".{alias}.tmp-{os.getpid()}")
-        tmp.write_text(key + "\n")
-        os.replace(tmp, p)
+        write_text_atomic(self.aliases_dir / alias, key + "\n")
 
     def _alias_names(self) -> list[str]:
         """Names in the alias folder, without hidden (temporary) files."""

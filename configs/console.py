@@ -273,7 +273,11 @@ def stdout_console() -> Console:
 
 def stderr_console() -> Console:
     """Messages and progress go to stderr."""
-    return Console(stderr=True)
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        # In a log a message stays one line, however long: rich would break it at 80 columns.
+        console.soft_wrap = True
+    return console
 
 
 def say(console: Console, message: str, *, quiet: bool) -> None:

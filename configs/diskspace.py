@@ -2,10 +2,8 @@
 
 Libraries report a full disk in different ways: Python's ``open``/``write`` raise ``OSError`` with
 ``errno`` ENOSPC (or EDQUOT for a quota), HDF5 and torch raise ``RuntimeError`` carrying the errno in
-their message. Worse, HDF5 cannot close a file whose flush failed, and the half-closed file later
-crashes the interpreter when it is garbage-collected. So every writer of the tool serializes into
-memory first (HDF5 images, torch and safetensors blobs) and writes the bytes with
-:func:`write_bytes_atomic`: the only I/O that can meet a full disk is a plain ``write`` here.
+their message. This module recognises all of them; the file writes themselves live in
+:mod:`configs.atomic`.
 """
 
 from __future__ import annotations
@@ -66,44 +64,3 @@ def disk_full_is_user_error(
         _remove(partial)
         raise no_space_error(path) from None
 
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (best effort: some file systems refuse directory fsync)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(
-    path: Path, data: bytes | bytearray | memoryview, *, tmp: Path | None = None, fsync: bool = True
-) -> None:
-    """Write ``data`` to ``path`` through a temporary name (fsync, rename): ``path`` is whole or absent.
-
-    Any failure removes the temporary file; a full disk becomes :func:`no_space_error`.
-    """
-    tmp = tmp or path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with disk_full_is_user_error(path, tmp):
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                if fsync:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-    except BaseException:
-        _remove((tmp,))
-        raise
-    if fsync:
-        fsync_dir(path.parent)
-
-
-def write_text_atomic(path: Path, text: str, *, fsync: bool = True) -> None:
-    """:func:`write_bytes_atomic` for UTF-8 text."""
-    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)

@@ -9,7 +9,6 @@ rerun leaves no earlier metrics beside its ``"failed"`` status.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -22,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from configs.diskspace import disk_full_is_user_error, write_text_atomic
+from configs.atomic import write_json_atomic, write_text_atomic
+from configs.diskspace import disk_full_is_user_error
 from configs.errors import UserError
 from configs.schema import Config, to_dict
 
@@ -46,11 +46,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON through a temporary name; a full disk is one line and leaves nothing."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 # What a run of this tool writes into its folder (and into a retrieval's output subfolder). A rerun into

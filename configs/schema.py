@@ -377,14 +377,31 @@ def _set_path(data: dict, path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def split_override(
+    item: str,
+    *,
+    what: str = "override",
+    form: str = "section.field=value",
+    example: str = "align.method=isms",
+) -> tuple[str, str]:
+    """``KEY=VALUE`` → (``KEY`` stripped, ``VALUE`` as given): the one split of every ``k=v`` argument.
+
+    Only the first ``=`` splits, so values may hold ``=``. An item without ``=`` or without a key is a
+    one-line :class:`UserError` that names it as ``what`` (e.g. ``--grid``), shows the expected
+    ``form`` and an ``example``. Short names (:data:`SHORTHANDS`) are left to the caller.
+    """
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"{what} {item!r} is not of the form {form}; e.g. {example}")
+    return key, text
+
+
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     """``section.field=value`` strings → (dotted path, YAML-parsed value)."""
     out = []
     for item in items:
-        if "=" not in item:
-            raise UserError(f"override {item!r} is not of the form section.field=value")
-        k, v = item.split("=", 1)
-        k = k.strip()
+        k, v = split_override(item)
         k = SHORTHANDS.get(k, k)
         try:
             val = yaml.safe_load(v) if v.strip() else None

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from configs.errors import UserError
-from configs.schema import SHORTHANDS, Config, SweepConfig, load_config, to_dict
+from configs.schema import SHORTHANDS, Config, SweepConfig, load_config, split_override, to_dict
 
 # What decides the extracted entries: points equal in these sections share their extraction.
 EXTRACTION_SECTIONS = ("dataset", "backbone", "preprocess", "pooling", "extract")
@@ -98,7 +98,7 @@ def display(value: Any) -> str:
 
 
 def _override_key(item: str) -> str:
-    key = item.split("=", 1)[0].strip()
+    key = split_override(item)[0]
     return SHORTHANDS.get(key, key)
 
 
@@ -122,10 +122,9 @@ def _flatten(mapping: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 def parse_axis(item: str, flag: str) -> tuple[str, Any]:
     """``KEY=[v1,v2]`` (a ``--grid`` / ``--zip`` argument) → (dotted key, YAML-parsed values)."""
-    if "=" not in item:
-        raise UserError(f"{flag} {item!r} is not of the form KEY=[v1,v2,...]; e.g. {flag} align.method=[isms,geoalign]")
-    key, text = item.split("=", 1)
-    key = key.strip()
+    key, text = split_override(
+        item, what=flag, form="KEY=[v1,v2,...]", example=f"{flag} align.method=[isms,geoalign]"
+    )
     try:
         values = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.atomic import atomic_path
 from configs.errors import UserError
 
 # Lower-case suffixes we decode; anything else in an image folder (thumbnails databases, READMEs,
@@ -695,16 +696,11 @@ def write_semi_positives(images: ImageList, entry_dir: Path) -> dict:
     import h5py
 
     path = Path(entry_dir) / SEMI_POSITIVES_FILE
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("semi_positives", data=np.asarray(images.semi_positives, dtype=np.int64))
-        f.create_dataset("names", data=np.array(images.names, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        f.flush()
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-        fh.seek(0)
-        sha = hashlib.sha256(fh.read()).hexdigest()
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("semi_positives", data=np.asarray(images.semi_positives, dtype=np.int64))
+            f.create_dataset("names", data=np.array(images.names, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
     return {"semi_positives": {"file": SEMI_POSITIVES_FILE, "sha256": sha, "columns": 3}}
 
 

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from configs.diskspace import disk_full_is_user_error, fsync_dir
+from configs.atomic import fsync_dir, write_text_atomic
+from configs.diskspace import disk_full_is_user_error
 from configs.errors import UserError
 
 # Written at the dataset root: it lets a rerun recognise (and safely replace) its own earlier output,
@@ -266,9 +267,9 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def _write_marker(root: Path, content: dict[str, Any]) -> None:
-    tmp = root / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, root / MARKER)
+    # The temporary name is one the generated folder may hold (``_U1652_NAMES``).
+    text = json.dumps(content, indent=2, sort_keys=True) + "\n"
+    write_text_atomic(root / MARKER, text, tmp=root / (MARKER + ".tmp"))
 
 
 def _read_marker(root: Path) -> dict[str, Any] | None:
@@ -374,6 +375,8 @@ def generate_atomically(
         with disk_full_is_user_error(path):
             work.mkdir()
             result = build(work)
+            # Publishing a whole folder is a directory rename (not configs.atomic's file write): the
+            # parent directory is fsynced below so the rename survives a power cut.
             if path.is_dir() and any(path.iterdir()):
                 old = path.parent / f".{path.name}.old-{os.getpid()}"
                 os.rename(path, old)

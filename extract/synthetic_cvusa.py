@@ -22,13 +22,13 @@ colour, blur and pixel noise differ per view. Deterministic by ``seed``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from configs.atomic import write_text_atomic
 from configs.errors import UserError
 from extract.synthetic import generate_atomically, generation_lock, refuse_foreign
 
@@ -168,9 +168,8 @@ _NAMES = frozenset({MARKER, MARKER + ".tmp", "bingmap", "streetview", "annotatio
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    # The temporary name is one the generated folder may hold (``_NAMES``).
+    write_text_atomic(path, text, tmp=path.with_name(path.name + ".tmp"))
 
 
 def _read_marker(root: Path) -> dict | None:

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from configs.atomic import write_text_atomic
 from configs.errors import UserError
 
 MD_FILE = "comparison.md"
@@ -170,8 +171,6 @@ def write_comparison(markdown: str, csv_text: str, out_dir: Path) -> list[Path]:
     written = []
     for name, text in ((MD_FILE, markdown), (CSV_FILE, csv_text)):
         p = out_dir / name
-        tmp = p.with_name(f".{name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, p)
+        write_text_atomic(p, text)
         written.append(p)
     return written

@@ -52,6 +52,7 @@ import numpy as np
 from cache.keys import canonical_json, content_key, file_sha256
 from cache.manifest import Manifest, read_manifest
 from cache.store import CacheStore, Entry
+from configs.atomic import atomic_path, write_json_atomic
 from configs.errors import UserError
 from retrieve.index import GPU_MAX_K, gpu_available
 
@@ -598,12 +599,9 @@ def _write(
     """index.faiss via a temporary name + rename, then index.json (its presence = complete) holding
     index.faiss's sha256."""
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{INDEX_FILE}.tmp-{os.getpid()}"
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    sha = file_sha256(tmp)
-    os.replace(tmp, d / INDEX_FILE)
+    with atomic_path(d / INDEX_FILE) as tmp:
+        faiss.write_index(index, str(tmp))
+        sha = file_sha256(tmp)
     meta = {
         "key": key,
         "format": FORMAT_VERSION,
@@ -619,9 +617,7 @@ def _write(
         "faiss": faiss.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp_meta = d / f".{META_FILE}.tmp-{os.getpid()}"
-    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp_meta, d / META_FILE)
+    write_json_atomic(d / META_FILE, meta)
 
 
 def stale_indexes(store: CacheStore) -> list[tuple[Path, str]]:

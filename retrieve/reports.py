@@ -24,6 +24,8 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from configs.atomic import atomic_path, write_text_atomic
+
 CORRECT_COLOR = "#00b400"
 WRONG_COLOR = "#e00000"
 QUERY_COLOR = "#2060d0"
@@ -107,9 +109,8 @@ def write_recall_png(
             draw.line([(x0 + 8, ly), (x0 + 38, ly)], fill=_CURVE_COLORS[n % len(_CURVE_COLORS)], width=3)
             draw.text((x0 + 44, ly), t, fill="black", font=small, anchor="lm")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 
@@ -175,9 +176,8 @@ def _thumb(src: Path, out_dir: Path, size: int) -> str | None:
                 im = im.convert("RGB")
                 im.thumbnail((size, size))
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dst.with_name(f".{name}.tmp-{os.getpid()}")
-                im.save(tmp, format="JPEG", quality=85)
-                os.replace(tmp, dst)
+                with atomic_path(dst) as tmp:
+                    im.save(tmp, format="JPEG", quality=85)
         except (OSError, ValueError, Image.DecompressionBombError):
             return None
     return f"thumbs/{name}"
@@ -282,9 +282,7 @@ def write_html_report(
         parts.append(f'<div class="row">{"".join(row)}</div>')
     parts.append("</body></html>\n")
     path = out_dir / "report.html"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(parts))
     return path
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +23,11 @@ import numpy as np
 
 from cache.manifest import Manifest, read_manifest
 from cache.store import CacheStore, Entry
+from configs.atomic import atomic_path, write_json_atomic
 from configs.devices import resolve_device
 from configs.errors import UserError
 from configs.naming import default_retrieval_pair
-from configs.run import RunFolder, write_json_atomic
+from configs.run import RunFolder
 from configs.schema import Config
 from retrieve.indexes import l2_normalize_rows
 from retrieve.metrics import QueryResults
@@ -373,8 +373,7 @@ def _write_per_query(
     topk: np.ndarray,
     g_names: list[str],
 ) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["query", "label", "first_match_rank", "ap", "n_positives", "topk"])
         for i, name in enumerate(q_names):
@@ -389,4 +388,3 @@ def _write_per_query(
                     " ".join(g_names[j] for j in topk[i] if j >= 0),
                 ]
             )
-    os.replace(tmp, path)

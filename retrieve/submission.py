@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from configs.atomic import atomic_path
 from configs.errors import UserError
 
 ANSWER_TOPK = 10
@@ -117,17 +118,10 @@ def write_answer(path: Path, rows: np.ndarray, topk: np.ndarray, g_names: list[s
     Written to a temporary name and renamed, so an interrupted run leaves no partial answer file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="\n") as f:
-            for r in rows:
-                ids = [satellite_id(g_names[j]) for j in topk[r][:ANSWER_TOPK] if j >= 0]
-                f.write("\t".join(ids) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="\n") as f:
+        for r in rows:
+            ids = [satellite_id(g_names[j]) for j in topk[r][:ANSWER_TOPK] if j >= 0]
+            f.write("\t".join(ids) + "\n")
     return path
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from configs.atomic import atomic_path, write_text_atomic
 from configs.errors import UserError
 from configs.schema import Config, to_dict
 from configs.sweep import Point, Sweep, display
@@ -419,12 +420,6 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], summary: list[dict[str, A
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_results(sweep: Sweep, *, reused: int = 0) -> SweepResult:
     """Write sweep.csv, sweep.md, sweep_seeds.csv (with a seed axis) and sweep.png from the run folders."""
     rows = [point_row(sweep, p) for p in sweep.points]
@@ -434,12 +429,12 @@ def write_results(sweep: Sweep, *, reused: int = 0) -> SweepResult:
     if summary:
         others = [k for k in sweep.axis_keys if k != "seed"]
         cols = [*others, "n_seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))]
-        _write_atomic(sweep.out / "sweep_seeds.csv", _csv(summary, cols))
+        write_text_atomic(sweep.out / "sweep_seeds.csv", _csv(summary, cols))
         files.append(sweep.out / "sweep_seeds.csv")
     files.append(write_plot(sweep.out / "sweep.png", sweep, rows))
     # The CSV last: its presence means the sweep finished writing.
-    _write_atomic(sweep.out / "sweep.md", md)
-    _write_atomic(sweep.out / "sweep.csv", _csv(rows, _columns(sweep)))
+    write_text_atomic(sweep.out / "sweep.md", md)
+    write_text_atomic(sweep.out / "sweep.csv", _csv(rows, _columns(sweep)))
     files += [sweep.out / "sweep.md", sweep.out / "sweep.csv"]
     failed = sum(r["status"] != "complete" for r in rows)
     return SweepResult(rows, files, reused, failed, md)
@@ -493,7 +488,6 @@ def write_plot(path: Path, sweep: Sweep, rows: list[dict[str, Any]], metrics: tu
             ly = y_lo + 12 + 20 * c
             draw.line([(x_hi + 12, ly), (x_hi + 40, ly)], fill=color, width=3)
             draw.text((x_hi + 46, ly), f"{m} (line: mean)", fill="black", font=small, anchor="lm")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
