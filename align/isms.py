@@ -20,23 +20,17 @@ penalty open; this squared off-diagonal Frobenius norm is our choice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from configs.schema import ISMSSection
 
-@dataclass
-class ISMSConfig:
-    """Hyperparameters of ISMS training (defaults: GeoAlign's stream 2 shapes)."""
 
-    out_dim: int = 1280
-    epochs: int = 50
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    w_decor: float = 1.0
+# One type for ISMS's hyperparameters: the config section ``align.isms`` is what the trainer reads.
+ISMSConfig = ISMSSection
 
 
 class ISMS(nn.Module):
@@ -163,4 +157,6 @@ def train_isms(
 
 def isms_config_dict(model: ISMS, cfg: ISMSConfig) -> dict:
     """JSON-able description saved next to the safetensors weights."""
-    return {"method": "isms", "in_dim": model.in_dim, "out_dim": model.out_dim, "train": asdict(cfg)}
+    # The layers are recorded beside it by the stage; the training part stays as it always was.
+    train = {k: v for k, v in asdict(cfg).items() if k != "layers"}
+    return {"method": "isms", "in_dim": model.in_dim, "out_dim": model.out_dim, "train": train}

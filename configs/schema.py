@@ -21,7 +21,6 @@ import yaml
 from configs.errors import UserError
 
 LAYOUTS = ("u1652", "folder", "synthetic", "sues200", "cvusa", "cvact", "geoalign_release", "vigor", "denseuav")
-METHODS = ("identity", "isms", "geoalign", "fusion", "emcvgl", "supervised", "cvft", "vgg_conv", "vgg_gp")
 PROTOCOLS = ("u1652", "geoalign", "cvft", "vigor")
 
 
@@ -114,6 +113,9 @@ class ExtractConfig:
 
 @dataclass
 class ISMSSection:
+    """ISMS whitening (``align.isms``): GeoAlign's stream-2 shapes; also the trainer's config
+    (``align.isms.train_isms`` reads it, ``layers`` aside)."""
+
     layers: list[int] = field(default_factory=list)  # empty: all extracted layers
     out_dim: int = 1280
     epochs: int = 50
@@ -125,8 +127,12 @@ class ISMSSection:
 
 @dataclass
 class AlignConfig:
-    method: str = _choices(*METHODS, default="isms")
-    # Entries to align: one alias per backbone.layers entry, in that order; empty = the extraction's.
+    # a registered alignment method (align/methods/): identity, isms, geoalign, fusion, emcvgl, supervised,
+    # cvft, vgg_conv, vgg_gp; checked with align.params by align.registry.check_config once the config loads
+    method: str = "isms"
+    # Entries to align: one alias per layer, in layer order; empty = the extraction's (one per
+    # backbone.layers). Given explicitly, their number is the number of layers: backbone.layers names
+    # them when it has as many entries, else they are layers 0, 1, … (align.stream1_layer, align.isms.layers).
     query: list[str] = field(default_factory=list)
     gallery: list[str] = field(default_factory=list)
     # Entries to train on, by branch (same form: one alias per layer); empty = train on the
@@ -142,7 +148,9 @@ class AlignConfig:
     fusion: bool = True  # geoalign release: fuse stream 1 with ISMS
     stream1_layer: int | None = None  # layer stream 1 / baselines read; default: the last of backbone.layers
     isms: ISMSSection = field(default_factory=ISMSSection)
-    params: dict = field(default_factory=dict)  # method hyperparameters (Stream1Config / EMCVGLConfig fields)
+    # method hyperparameters: fields of the method's parameter dataclass (Stream1Config, EMCVGLConfig,
+    # CVFTConfig); unknown keys are refused when the config loads
+    params: dict = field(default_factory=dict)
 
 
 INDEXES = ("flat", "ivf_flat", "ivf_pq", "hnsw")

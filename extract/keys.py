@@ -19,7 +19,7 @@ import numpy as np
 from cache.keys import weights_digest
 from cache.store import CacheStore, check_alias
 from configs.errors import UserError
-from configs.naming import extracted_alias
+from configs.naming import extracted_alias, view_kind
 from configs.schema import Config
 from extract.datasets import ImageList
 
@@ -139,11 +139,10 @@ class Preprocess:
 
 
 def _cvft_role(view: str) -> str:
-    v = view.lower()
-    if any(w in v for w in ("ground", "street", "pano")):
-        return "ground"
-    if any(w in v for w in ("aerial", "satellite", "sat")):
-        return "aerial"
+    # CVFT's two sizes are for ground panoramas and aerial tiles; a drone view is neither.
+    kind = view_kind(view)
+    if kind in ("ground", "aerial"):
+        return kind
     raise UserError(
         f"preprocess.recipe=cvft cannot tell whether view {view!r} is ground or aerial; "
         f"set preprocess.resize_by_view={{{view}: [h, w]}}"

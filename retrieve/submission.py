@@ -8,7 +8,10 @@ satellite ids separated by tabs. A satellite id is the gallery image's file name
 (exact, from an index, or re-ranked, as ``per_query.csv``).
 
 Multi-query (``retrieve.multi_query=true``), as University-1652's ``test.py`` does it for drone queries
-(the block after feature extraction, "we use the avg feature as the final feature"): every view's
+(the block after feature extraction, "we use the avg feature as the final feature"; live code with
+``which_query == 3`` in the baseline's v2.0, kept only as a disabled string in later versions, where
+``--multi`` merely lists a ``multi-query`` folder and ``evaluate_gpu.py`` says multi-query is unused):
+every view's
 descriptor is L2-normalized (its ``extract_feature`` normalizes each image's feature), the views of
 one location (query label) are summed, and the sum is L2-normalized again; the locations come in
 sorted label order (``np.unique``). Summing and averaging give the same direction, so the mean is

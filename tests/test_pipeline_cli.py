@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -56,23 +57,37 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 def test_demo_end_to_end_then_second_demo_reuses_every_entry(tmp_path):
     cache = tmp_path / "cache"
-    p = cli("demo", *TINY, "out=first", cache=cache, cwd=tmp_path)
+    # The demo's stream 1 / EM-CVGL schedule shortened for the test (an align.params override); the
+    # second table (synthetic descriptors) has a test of its own below.
+    small = ["--no-world", *TINY, "align.params={epochs: 3, vec_dim: 64}"]
+    p = cli("demo", *small, "out=first", cache=cache, cwd=tmp_path, timeout=900)
     assert p.returncode == 0, p.stderr
     assert "randomly initialised" in p.stdout and "R@1" in p.stdout
-    raw = json.loads((tmp_path / "first" / "raw" / "metrics.json").read_text())
-    aligned = json.loads((tmp_path / "first" / "isms" / "metrics.json").read_text())
-    for m in (raw, aligned):
+    assert "GeoAlign stream 1" in p.stdout and "EM-CVGL" in p.stdout
+    first = tmp_path / "first"
+    with open(first / "sweep.csv", newline="") as f:
+        rows = {r["align.method"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"identity", "isms", "geoalign", "fusion", "emcvgl"}
+    assert all(r["status"] == "complete" for r in rows.values())
+    assert (first / "sweep.md").is_file() and (first / "sweep.png").stat().st_size > 0
+    points = {m: first / r["run"] for m, r in rows.items()}
+    for m in (json.loads((d / "metrics.json").read_text()) for d in points.values()):
         assert m["protocol"] == "u1652" and m["n_queries"] == 18 and m["n_gallery"] == 9
         assert {"R@1", "R@5", "R@10", "R@1%", "AP"} <= set(m) and 0 <= m["R@1"] <= m["R@5"] <= 100
-    run = json.loads((tmp_path / "first" / "run.json").read_text())
+    assert (points["isms"] / "report.html").is_file()  # each point writes its retrieval report
+    run = json.loads((first / "run.json").read_text())
     assert run["status"] == "complete" and run["reused_all"] is False and run["cache_keys"]
-    assert (tmp_path / "first" / "isms.safetensors").exists()
+    assert set(run["trained"]) == {"isms", "geoalign", "fusion", "emcvgl"}
+    assert (points["isms"] / "isms.safetensors").exists()
+    assert (points["geoalign"] / "stream1.safetensors").exists()
 
-    p2 = cli("demo", *TINY, "out=second", cache=cache, cwd=tmp_path)
+    p2 = cli("demo", *small, "out=second", cache=cache, cwd=tmp_path, timeout=900)
     assert p2.returncode == 0, p2.stderr
     run2 = json.loads((tmp_path / "second" / "run.json").read_text())
-    assert run2["reused_all"] is True
-    assert json.loads((tmp_path / "second" / "isms" / "metrics.json").read_text())["R@1"] == aligned["R@1"]
+    assert run2["reused_all"] is True  # the backbone was not run
+    assert run2["trained"] == []  # no alignment was retrained
+    for method in ("isms", "geoalign", "emcvgl"):
+        assert run2["demo"][method]["R@1"] == float(rows[method]["R@1"])
 
 
 def test_unknown_config_key_names_the_closest_one(tmp_path):

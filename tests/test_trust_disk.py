@@ -169,15 +169,15 @@ def test_full_disk_while_aligning_or_in_the_run_folder_is_one_line(tmp_path, sma
 # -------------------------------------------------------------------------------- run folders
 def test_failed_rerun_into_the_same_folder_leaves_no_earlier_results_and_compare_skips_it(tmp_path):
     cache = tmp_path / "cache"
-    p = cli("demo", *TINY, "out=run", cache=cache, cwd=tmp_path)
+    p = cli("run", "demo", *TINY, "out=run", cache=cache, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert (tmp_path / "run" / "isms" / "metrics.json").is_file()
+    assert (tmp_path / "run" / "metrics.json").is_file()
     (tmp_path / "run" / "notes.txt").write_text("my notes")
-    p = cli("demo", *TINY, "out=ok", cache=cache, cwd=tmp_path)
+    p = cli("run", "demo", *TINY, "out=ok", cache=cache, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
 
     # The rerun fails after its run folder exists (the aligned inputs name no entry).
-    p = cli("demo", *TINY, "align.query=[missing.a,missing.b]", "out=run", cache=cache, cwd=tmp_path)
+    p = cli("run", "demo", *TINY, "align.query=[missing.a,missing.b]", "out=run", cache=cache, cwd=tmp_path)
     assert "missing.a" in one_error_line(p)
     run = tmp_path / "run"
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
@@ -191,25 +191,26 @@ def test_failed_rerun_into_the_same_folder_leaves_no_earlier_results_and_compare
     p = cli("compare", "ok", "run", "--out", "cmp", cache=cache, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     table = (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()
-    assert len(table) == 1 + 2  # header + raw and isms of the complete run only
+    assert len(table) == 1 + 1  # header + the complete run only
     assert all(row.startswith("ok,") for row in table[1:])
 
 
 # -------------------------------------------------------------------------------- checkpoints
 def test_checkpoints_live_in_the_cache_and_a_rerun_that_reuses_the_entries_links_them(tmp_path):
     cache = tmp_path / "cache"
-    p = cli("demo", *TINY, "out=first", cache=cache, cwd=tmp_path)
+    p = cli("run", "demo", *TINY, "out=first", cache=cache, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     info = json.loads((tmp_path / "first" / "run.json").read_text())
     model_dir = cache / "models" / info["alignment"]["run_digest"]
     kept = model_dir / "isms.safetensors"
     assert kept.is_file() and (model_dir / "isms.json").is_file() and (model_dir / "history.jsonl").is_file()
     assert (tmp_path / "first" / "isms.safetensors").read_bytes() == kept.read_bytes()
+    trained_at = kept.stat().st_mtime_ns
 
-    p = cli("demo", *TINY, "out=second", cache=cache, cwd=tmp_path)
+    p = cli("run", "demo", *TINY, "out=second", cache=cache, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     second = json.loads((tmp_path / "second" / "run.json").read_text())
-    assert second["reused_all"] is True
+    assert kept.stat().st_mtime_ns == trained_at  # the aligned entries were reused: nothing retrained
     assert (tmp_path / "second" / "isms.safetensors").read_bytes() == kept.read_bytes()
     assert (tmp_path / "second" / "isms.json").is_file() and (tmp_path / "second" / "history.jsonl").is_file()
     assert second["model"]["dir"] == str(model_dir)
