@@ -117,9 +117,13 @@ class StageResult:
 def load_config(config: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """A validated config: a YAML file or a shipped config's name (``"demo"``), then ``section.field=value``
     overrides, exactly as on the command line. Bad input raises ``UserError`` naming the fix."""
+    from align.registry import check_config
     from configs.schema import load_config as load
 
-    return load(config, list(overrides))
+    cfg = load(config, list(overrides))
+    # align.method and align.params are checked now, before any stage runs (configs/ knows no method).
+    check_config(cfg)
+    return cfg
 
 
 def _in_run_folder(
@@ -185,7 +189,7 @@ def _retrieval(
     from retrieve.runner import run_retrieval
 
     if cfg.dataset.layout == "geoalign_release":
-        from align.runner import run_release
+        from align.release import run_release
 
         q, g = run_release(cfg, store, folder)
         query, gallery = query or cfg.retrieve.query or q, gallery or cfg.retrieve.gallery or g
@@ -325,8 +329,6 @@ def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
 
 
 def _load(args: list[str] | None, default: str | None = None):
-    from configs.schema import load_config
-
     path, overrides = _split_args(args)
     return load_config(path or default, overrides)
 
@@ -536,7 +538,7 @@ def demo(
         # A point trained nothing when it was already finished in this folder or its alignment was
         # found in the cache (identity trains nothing at all).
         trained = []
-        for p, row in zip(spec.points, result.rows):
+        for p in spec.points:
             info = json.loads((p.folder / "run.json").read_text()) if (p.folder / "run.json").is_file() else {}
             method = p.values["align.method"]
             if method != "identity" and p.index not in done_before and not info.get("align_reused"):

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -289,7 +289,3 @@ def train_supervised(
         dtype=dtype,
     )
 
-
-def emcvgl_config_dict(model: EMCVGLAdapter) -> dict[str, Any]:
-    """JSON-able description to save next to the weights."""
-    return {"method": "emcvgl", "train": asdict(model.cfg)}

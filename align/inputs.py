@@ -187,7 +187,9 @@ def load_descriptors(cfg: Config, store: CacheStore, layer_set: str) -> Inputs:
     qv, gv = query_gallery_views(cfg)
     all_layers = layer_names(cfg)
     layers = method_layers(cfg, all_layers)
-    needed = {"isms": set(layers.isms), "stream1": {layers.stream1}}.get(layer_set, {layers.stream1, *layers.isms})
+    needed = {"isms": set(layers.isms), "stream1": {layers.stream1}}.get(
+        layer_set, {layers.stream1, *layers.isms}
+    )
     eval_views = {
         qv: _load_view(store, qv, _aliases(cfg, all_layers, cfg.align.query, qv, "query"), needed),
         gv: _load_view(store, gv, _aliases(cfg, all_layers, cfg.align.gallery, gv, "gallery"), needed),
@@ -195,7 +197,10 @@ def load_descriptors(cfg: Config, store: CacheStore, layer_set: str) -> Inputs:
     _both_or_neither(cfg)
     q_role, g_role = pair_roles(qv, gv)
     if cfg.align.train_drone:
-        given = {"dro": (cfg.align.train_drone, "train_drone"), "sat": (cfg.align.train_satellite, "train_satellite")}
+        given = {
+            "dro": (cfg.align.train_drone, "train_drone"),
+            "sat": (cfg.align.train_satellite, "train_satellite"),
+        }
         train = {
             r: _load_view(store, f"train_{r}", _aliases(cfg, all_layers, a, f"train_{r}", w), needed)
             for r, (a, w) in given.items()

@@ -28,7 +28,6 @@ from torch import nn
 
 from configs.schema import ISMSSection
 
-
 # One type for ISMS's hyperparameters: the config section ``align.isms`` is what the trainer reads.
 ISMSConfig = ISMSSection
 

@@ -32,9 +32,11 @@ class Method:
     with ``job.save`` and returns the model; ``encode(model, view, role)`` gives the aligned
     descriptors (float32 ``[n, d]``) of one input view, whose role is ``ground`` or ``aerial``.
     ``params`` is the dataclass ``align.params`` fills (None: the method takes none; ``align.params``
-    is then only recorded); ``defaults(sizes)`` gives the parameters that follow the data (``in_dim``,
-    ``shard_rows``) unless ``align.params`` sets them. ``key_params(cfg, params, layers)`` is what of
-    the parameters enters the run digest; ``spec_extra`` is added to each aligned entry's key.
+    is then only recorded); ``defaults(sizes, given)`` gives the parameters that follow the data
+    (``sizes``: ``in_dim``, ``shard_rows``) unless ``align.params`` (``given``) sets them;
+    ``check_params(given)`` refuses combinations the dataclass alone cannot see. ``key_params(cfg,
+    params, layers)`` is what of the parameters enters the run digest; ``spec_extra`` is added to each
+    aligned entry's key.
     """
 
     name: str
@@ -43,10 +45,10 @@ class Method:
     encode: Callable[[Any, Any, str], Any] | None = None
     params: type | None = None
     layers: str = "stream1"
-    defaults: Callable[[dict], dict] | None = None
+    defaults: Callable[[dict, dict], dict] | None = None
+    check_params: Callable[[dict], None] | None = None
     key_params: Callable[[Config, Any, Any], dict] | None = None
     dtype_in_key: bool = True
-    needs_labels: bool = False
     spec_extra: dict = dataclasses.field(default_factory=dict)
     description: str = ""
 
@@ -121,6 +123,8 @@ def validate_params(method: Method, params: dict) -> None:
             f"unknown align.params key {unknown[0]!r} for {method.params.__name__}"
             + (f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(fields)}")
         )
+    if method.check_params is not None:
+        method.check_params(params)
 
 
 def resolve_params(method: Method, params: dict, sizes: dict) -> Any:
@@ -131,7 +135,7 @@ def resolve_params(method: Method, params: dict, sizes: dict) -> Any:
     if method.params is None:
         return None
     validate_params(method, params)
-    auto = method.defaults(sizes) if method.defaults is not None else {}
+    auto = method.defaults(sizes, params) if method.defaults is not None else {}
     merged = {k: v for k, v in auto.items() if k not in params}
     merged.update(params)
     try:

@@ -71,7 +71,9 @@ def main() -> None:
     for jobs in (1, 2):
         out = work / f"sweep-{jobs}"
         shutil.rmtree(out, ignore_errors=True)
-        wall, cpu = timed([*py, "sweep", *BASE, f"sweep.n_jobs={jobs}", f"out={out}", *GRID], caches[f"jobs{jobs}"], work)
+        wall, cpu = timed(
+            [*py, "sweep", *BASE, f"sweep.n_jobs={jobs}", f"out={out}", *GRID], caches[f"jobs{jobs}"], work
+        )
         res[f"sweep_n_jobs_{jobs}"] = {"wall_s": wall, "cpu_s": cpu}
         print(f"sweep n_jobs={jobs}: {wall:.1f} s wall, {cpu:.1f} s CPU", file=sys.stderr, flush=True)
 

@@ -250,8 +250,12 @@ def check_vigor(root: Path, seed: int) -> dict[str, Any]:
         # G // 100 still 14) the numbers must equal the reference's on the gallery without them.
         junk = _unit(rng.standard_normal((30, g.shape[1])).astype(np.float32))
         junked = pipeline.evaluate(
-            q, pos, np.concatenate([junk, g]), np.concatenate([np.full(30, -1), ours_labels]),
-            protocol="vigor", semi_positives=semi,
+            q,
+            pos,
+            np.concatenate([junk, g]),
+            np.concatenate([np.full(30, -1), ours_labels]),
+            protocol="vigor",
+            semi_positives=semi,
         )
         # What R@1% would be with round(0.01 G) (University-1652's rule) instead of Sample4Geo's G // 100.
         _, per_query = metrics_evaluate(q, pos, g, ours_labels, "vigor", semi_positives=semi)
@@ -265,8 +269,12 @@ def check_vigor(root: Path, seed: int) -> dict[str, Any]:
             "max_abs_diff_one_chunk": _max_diff(ref, one, keys),
             "max_abs_diff_streamed": _max_diff(ref, streamed, keys),
             "max_abs_diff_with_30_junk": _max_diff(ref, junked, keys),
-            "R@1%_threshold": {"reference": int(topk[-1]), "floor_G/100": g.shape[0] // 100,
-                               "round_0.01G": round(0.01 * g.shape[0]), "R@1%_with_round": if_round},
+            "R@1%_threshold": {
+                "reference": int(topk[-1]),
+                "floor_G/100": g.shape[0] // 100,
+                "round_0.01G": round(0.01 * g.shape[0]),
+                "R@1%_with_round": if_round,
+            },
         }
     return out
 
@@ -311,6 +319,17 @@ def _denseuav_tree(root: Path, rng: np.random.Generator, float32_coords: bool) -
     q_names = sorted(q_names)
     g_names = sorted(g_names)
     return {"q_names": q_names, "g_names": g_names, "n_loc": n_loc}
+
+
+def _geo_diff(ours: dict[str, float], ref: dict[str, float]) -> dict[str, float]:
+    """Largest absolute difference over SDM@K and over MA@m, and those of the distance statistics."""
+    diff = {k: abs(ours[k] - ref[k]) for k in ref}
+    return {
+        "SDM@K (K=1..100)": max(v for k, v in diff.items() if k.startswith("SDM")),
+        "MA@m (m=1..100)": max(v for k, v in diff.items() if k.startswith("MA")),
+        "dist_m_mean": diff["dist_m_mean"],
+        "dist_m_median": diff["dist_m_median"],
+    }
 
 
 def check_denseuav(root: Path, seed: int) -> dict[str, Any]:
@@ -361,25 +380,18 @@ def check_denseuav(root: Path, seed: int) -> dict[str, Any]:
             same_lists = geo.geo_metrics(q_pos, g_pos, ref_top, ks, scale=5000.0, ma_metres=metres)
             # (2) end to end: our top lists (tie order may differ from argsort's).
             own_lists = geo.geo_metrics(q_pos, g_pos, res.topk, ks, scale=5000.0, ma_metres=metres)
-            ours_dist = geo.haversine_m(q_pos[:, 1], q_pos[:, 0], g_pos[ref_top[:, 0], 1], g_pos[ref_top[:, 0], 0])
+            ours_dist = geo.haversine_m(
+                q_pos[:, 1], q_pos[:, 0], g_pos[ref_top[:, 0], 1], g_pos[ref_top[:, 0], 0]
+            )
             s = q @ g.T
             ref_sc = np.take_along_axis(s, ref_top, 1)
             own_sc = np.take_along_axis(s, res.topk, 1)
 
-            def summary(ours: dict[str, float]) -> dict[str, float]:
-                diff = {k: abs(ours[k] - ref_m[k]) for k in ref_m}
-                return {
-                    "SDM@K (K=1..100)": max(v for k, v in diff.items() if k.startswith("SDM")),
-                    "MA@m (m=1..100)": max(v for k, v in diff.items() if k.startswith("MA")),
-                    "dist_m_mean": diff["dist_m_mean"],
-                    "dist_m_median": diff["dist_m_median"],
-                }
-
             out[name] = {
                 "data": f"{len(qn)} queries x {len(gn)} gallery (12 junk, 60 distractor locations), d={d}",
                 "reference_SDM@1,5,10": [ref_m["SDM@1"], ref_m["SDM@5"], ref_m["SDM@10"]],
-                "max_abs_diff_same_top_lists": summary(same_lists),
-                "max_abs_diff_own_top_lists": summary(own_lists),
+                "max_abs_diff_same_top_lists": _geo_diff(same_lists, ref_m),
+                "max_abs_diff_own_top_lists": _geo_diff(own_lists, ref_m),
                 "top_lists_identical": int(np.all(ref_top == res.topk, axis=1).sum()),
                 "top_lists_equal_scores_positionwise": int(np.all(ref_sc == own_sc, axis=1).sum()),
                 "n_queries": len(qn),
@@ -406,7 +418,11 @@ def _answer_reference(u1652: Path, q: np.ndarray, g: np.ndarray, g_files: list[s
     """Run ``get_result_rank10`` and the answer-writing statements of ``test_160k.py``'s main block."""
     src = (u1652 / "test_160k.py").read_text()
     tree = ast.parse(src)
-    fns = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("get_result_rank10", "get_SatId_160k")]
+    fns = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef) and n.name in ("get_result_rank10", "get_SatId_160k")
+    ]
     body = _main_block(tree)
     start = next(i for i, s in enumerate(body) if "query_feature.cuda()" in ast.unparse(s))
     ns: dict[str, Any] = {"np": np, "torch": torch, "os": os}
@@ -415,7 +431,11 @@ def _answer_reference(u1652: Path, q: np.ndarray, g: np.ndarray, g_files: list[s
         # CustomData160k_sat (image_folder.py, not in the repository): (path, os.path.splitext(fname)[0]).
         imgs = [(f"gallery_satellite_160k/{f}", os.path.splitext(f)[0]) for f in g_files]
         gallery_label, _ = ns["get_SatId_160k"](imgs)
-        ns.update(query_feature=torch.from_numpy(q), gallery_feature=torch.from_numpy(g), gallery_label=gallery_label)
+        ns.update(
+            query_feature=torch.from_numpy(q),
+            gallery_feature=torch.from_numpy(g),
+            gallery_label=gallery_label,
+        )
         exec(compile(ast.Module(body=body[start:], type_ignores=[]), str(u1652 / "test_160k.py"), "exec"), ns)  # noqa: S102
         return (work / "answer.txt").read_text()
 
@@ -427,13 +447,21 @@ def _multi_block(u1652: Path, alt: Path | None) -> ast.If:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             cands: list[ast.AST] = [node]
-            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            if (
+                isinstance(node, ast.Expr)
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
                 try:
                     cands = list(ast.walk(ast.parse(textwrap.dedent(node.value.value))))
                 except SyntaxError:
                     continue
             for c in cands:
-                if isinstance(c, ast.If) and "which_query" in ast.unparse(c.test) and "new_query_feature" in ast.unparse(c):
+                if (
+                    isinstance(c, ast.If)
+                    and "which_query" in ast.unparse(c.test)
+                    and "new_query_feature" in ast.unparse(c)
+                ):
                     return c
     raise SystemExit("no query-averaging block (new_query_feature) found in test.py")
 
@@ -469,7 +497,10 @@ def check_u1652(root: Path, seed: int, v20_test: Path | None) -> dict[str, Any]:
         s = q @ g.T
         ref_lines, our_lines = ref_text.splitlines(), ours_text.splitlines()
         same_scores = sum(
-            all(s[i, id_row[a]] == s[i, id_row[b]] for a, b in zip(rl.split("\t"), ol.split("\t"), strict=True))
+            all(
+                s[i, id_row[a]] == s[i, id_row[b]]
+                for a, b in zip(rl.split("\t"), ol.split("\t"), strict=True)
+            )
             for i, (rl, ol) in enumerate(zip(ref_lines, our_lines, strict=True))
         )
         out[name] = {
@@ -492,11 +523,20 @@ def check_u1652(root: Path, seed: int, v20_test: Path | None) -> dict[str, Any]:
     perm = rng.permutation(len(q_lab))  # views of a location are not contiguous
     raw_q, q_lab = raw_q[perm], q_lab[perm]
     g_lab = np.concatenate([np.arange(1, n_loc + n_dis + 1), np.full(5, -1)])
-    g = _unit(np.concatenate([base + 1.0 * rng.standard_normal(base.shape), rng.standard_normal((5, d))]).astype(np.float32))
+    g = _unit(
+        np.concatenate([base + 1.0 * rng.standard_normal(base.shape), rng.standard_normal((5, d))]).astype(
+            np.float32
+        )
+    )
     # extract_feature L2-normalises every image's feature before the block runs.
     qf = torch.from_numpy(raw_q)
     qf = qf.div(torch.norm(qf, p=2, dim=1, keepdim=True))
-    ns: dict[str, Any] = {"np": np, "torch": torch, "query_feature": qf, "query_label": [int(x) for x in q_lab]}
+    ns: dict[str, Any] = {
+        "np": np,
+        "torch": torch,
+        "query_feature": qf,
+        "query_label": [int(x) for x in q_lab],
+    }
     exec(compile(ast.Module(body=block.body, type_ignores=[]), "test.py", "exec"), ns)  # noqa: S102
     ref_q, ref_lab = ns["query_feature"].numpy(), np.asarray(ns["query_label"])
     names = [f"query_drone/{int(lab):04d}/image-{i:02d}.jpeg" for i, lab in enumerate(q_lab)]
@@ -510,8 +550,11 @@ def check_u1652(root: Path, seed: int, v20_test: Path | None) -> dict[str, Any]:
         ev = run_script(root / "evaluate_gpu.py", [], work)
     cmc, n_ql = ev["CMC"], len(ev["query_label"])
     ref_m = {
-        "R@1": float(cmc[0]) * 100, "R@5": float(cmc[4]) * 100, "R@10": float(cmc[9]) * 100,
-        "R@1%": float(cmc[round(len(g_lab) * 0.01)]) * 100, "AP": float(ev["ap"]) / n_ql * 100,
+        "R@1": float(cmc[0]) * 100,
+        "R@5": float(cmc[4]) * 100,
+        "R@10": float(cmc[9]) * 100,
+        "R@1%": float(cmc[round(len(g_lab) * 0.01)]) * 100,
+        "AP": float(ev["ap"]) / n_ql * 100,
     }
     ours_m = pipeline.evaluate(our_q, our_lab, g, g_lab, protocol="u1652")
     out["multi_query"] = {
@@ -532,7 +575,9 @@ def main() -> None:
     ap.add_argument("--sample4geo", type=Path, help="a Skyy93/Sample4Geo checkout")
     ap.add_argument("--denseuav", type=Path, help="a Dmmm1997/DenseUAV checkout")
     ap.add_argument("--u1652", type=Path, help="a layumi/University1652-Baseline checkout")
-    ap.add_argument("--u1652-v20-test", type=Path, help="test.py of University1652-Baseline v2.0 (9855388), optional")
+    ap.add_argument(
+        "--u1652-v20-test", type=Path, help="test.py of University1652-Baseline v2.0 (9855388), optional"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()

@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -543,8 +542,10 @@ def open_or_build(
                     f"note: cached {p.kind} index {d}: {problem}; rebuilding it", file=sys.stderr, flush=True
                 )
                 status = f"rebuilt ({problem})"
-        if d.exists():
-            shutil.rmtree(d)
+        if d.exists() or d.is_symlink():
+            from cache.store import safe_rmtree
+
+            safe_rmtree(store.root, d)  # never follows stored text or a link out of the cache
         index, build = build_index(
             entry_chunks(gallery),
             gallery.count,

@@ -186,6 +186,22 @@ def run_point(task: PointTask) -> dict[str, Any]:
     return {"index": task.index, "status": "complete", **{k: metrics.get(k) for k in METRICS}}
 
 
+def _checked(points: list[Point], sweep: Sweep, cache_root: str) -> list[Point]:
+    """The points whose align.method and align.params are valid; the others fail now, before any
+    extraction, each with its one-line error."""
+    from align.registry import check_config
+    from configs.errors import UserError
+
+    ok = []
+    for p in points:
+        try:
+            check_config(p.config)
+            ok.append(p)
+        except UserError as e:
+            _fail_unstarted(p, sweep, cache_root, one_line(e))
+    return ok
+
+
 def _fail_unstarted(point: Point, sweep: Sweep, cache_root: str, message: str) -> None:
     """Record a point that could not start (its extraction failed) as a failed run in its folder."""
     from configs.run import RunFolder
@@ -276,7 +292,7 @@ def run_sweep(
             say(f"{reused} of {len(points)} points already complete in {sweep.out / 'points'}: reused")
         runnable: list[Point] = []
         groups: dict[str, list[Point]] = {}
-        for p in todo:
+        for p in _checked(todo, sweep, root):
             groups.setdefault(p.group, []).append(p)
         for n, members in enumerate(groups.values()):
             try:

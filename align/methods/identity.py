@@ -1,0 +1,7 @@
+"""``identity``: the raw descriptors, nothing trained and no aligned entry (retrieval reads the extraction's)."""
+
+from __future__ import annotations
+
+from align.registry import Method, register
+
+register(Method("identity", inputs="none", description="raw descriptors; nothing to train"))
