@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from cache.keys import content_key
 from cache.store import CacheStore
 from configs.atomic import write_text_atomic
 from configs.devices import resolve_device
+from configs.diskspace import disk_full_is_user_error
 from configs.naming import aligned_alias
 from configs.run import RunFolder
 from configs.schema import Config
@@ -162,11 +163,18 @@ class TrainJob:
         return self.model_dir / name
 
 
+def _key_params(cfg: Config, method: Method, inputs: Inputs, params: Any) -> dict:
+    if method.key_params is not None:
+        return method.key_params(cfg, params, inputs.layers)
+    # By default every resolved parameter counts (or align.params as given, for a method without any).
+    return asdict(params) if params is not None else dict(cfg.align.params)
+
+
 def _run_spec(cfg: Config, method: Method, inputs: Inputs, params: Any) -> dict:
     """What the run digest covers: the method, its resolved parameters, the seed, the input entries."""
     spec = {
         "method": method.name,
-        "params": method.key_params(cfg, params, inputs.layers) if method.key_params else {},
+        "params": _key_params(cfg, method, inputs, params),
         "seed": cfg.seed,
         **inputs.key,
     }
@@ -194,6 +202,8 @@ def _train(job: TrainJob, method: Method, run: RunFolder) -> Any:
     """Train, then write history.jsonl and model-files.json (last) and link the model into the run."""
     assert method.train is not None
     model = method.train(job)
+    with disk_full_is_user_error(job.model_dir):  # a method that saved nothing has no folder yet
+        job.model_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(job.model_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in job.history))
     # The cache keeps the model (its source of truth); the run folder gets links to it.
     record_model_files(job.model_dir, [*job.files, "history.jsonl"])
