@@ -27,7 +27,14 @@ import numpy as np
 
 from cache.keys import DigestMemo, content_key, file_sha256
 from cache.manifest import MANIFEST, Manifest, ShardInfo, read_manifest, write_manifest
-from cache.shards import ShardIdentity, identity_problem, read_shard, read_shard_attrs, shard_name, write_shard
+from cache.shards import (
+    ShardIdentity,
+    identity_problem,
+    read_shard,
+    read_shard_attrs,
+    shard_name,
+    write_shard,
+)
 from configs.atomic import write_text_atomic
 from configs.errors import UserError
 
