@@ -9,6 +9,7 @@ rerun leaves no earlier metrics beside its ``"failed"`` status.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -90,12 +91,31 @@ def _remove_earlier_results(folder: Path) -> list[str]:
                 removed.append(str(p))
 
     clean(folder)
+    # The model files the earlier run linked in (any registered method's, not only the built-in names),
+    # as its run.json lists them; only plain file names directly in the folder are taken.
+    for name in _earlier_model_files(folder):
+        p = folder / name
+        if p.is_file() or p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(str(p))
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
         if (sub / "metrics.json").is_file() or (sub / "report.html").is_file():
             clean(sub)
             with contextlib.suppress(OSError):
                 sub.rmdir()  # only when nothing else is left in it
     return removed
+
+
+def _earlier_model_files(folder: Path) -> list[str]:
+    """File names the earlier run's ``run.json`` lists under ``model.files`` (plain names only)."""
+    try:
+        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        files = info.get("model", {}).get("files", []) if isinstance(info, dict) else []
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(files, list):
+        return []
+    return [f for f in files if isinstance(f, str) and f and f == Path(f).name and f not in (".", "..")]
 
 
 class RunFolder:
