@@ -119,7 +119,9 @@ def test_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_path):
         f"root={tmp_path / 'data'}",
         "align.isms.epochs=6",
         "--grid",
-        "seed=[0,1]",
+        # Three points: after the first completes, two are left to run, so a fast machine cannot
+        # finish the sweep between that moment and the kill.
+        "seed=[0,1,2]",
         "sweep.n_jobs=1",
     ]
     full = cli("sweep", *args, "out=full", cache=tmp_path / "c1", cwd=tmp_path)
