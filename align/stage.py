@@ -152,6 +152,22 @@ class TrainJob:
 
         return on_epoch
 
+    def trainer_kwargs(self, name: str, epochs: int) -> dict[str, Any]:
+        """What every descriptor trainer takes besides its data and config: seed, device, progress,
+        the resumable state of model ``name`` (loaded now, saved on the trainer's schedule), dtype."""
+        from align.train_stream1 import STATE_SAVE_INTERVAL_S
+
+        state = self.state(name)
+        return dict(
+            seed=self.seed,
+            device=str(self.device),
+            on_epoch=self.on_epoch(name, epochs),
+            state=state.load(),
+            save_state=state.save,
+            save_interval_s=STATE_SAVE_INTERVAL_S,
+            dtype=self.dtype,
+        )
+
     def save(self, name: str, model: torch.nn.Module, config: dict) -> None:
         """Checkpoint ``model`` as ``<name>.safetensors`` + ``<name>.json`` in the model folder."""
         save_checkpoint(self.model_dir, name, model, config)

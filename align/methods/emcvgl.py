@@ -19,25 +19,17 @@ def emcvgl_dims(sizes: dict, params: dict) -> dict:
 
 def train(job) -> Encoders:
     """Train the EM-CVGL adapter on the stream-1 layer; checkpoint ``emcvgl``; its encoder."""
-    from align.train_stream1 import STATE_SAVE_INTERVAL_S
 
     ecfg: EMCVGLConfig = job.params
     layer = job.inputs.layers.stream1
     sat, dro = job.train["sat"], job.train["dro"]
-    state = job.state("emcvgl")
     em, _ = train_emcvgl(
         sat.tensors[layer],
         dro.tensors[layer],
         ecfg,
-        seed=job.seed,
-        device=str(job.device),
         sat_labels=torch.from_numpy(sat.labels),
         dro_labels=torch.from_numpy(dro.labels),
-        on_epoch=job.on_epoch("emcvgl", ecfg.epochs),
-        state=state.load(),
-        save_state=state.save,
-        save_interval_s=STATE_SAVE_INTERVAL_S,
-        dtype=job.dtype,
+        **job.trainer_kwargs("emcvgl", ecfg.epochs),
     )
     job.save("emcvgl", em, {"method": "emcvgl", "emcvgl": asdict(ecfg), "layer": layer})
     device = job.device

@@ -11,23 +11,11 @@ from align.registry import Method, register
 
 def train_isms_part(job) -> Encoders:
     """Train ISMS on both training views stacked; checkpoint ``isms``; its encoder."""
-    from align.train_stream1 import STATE_SAVE_INTERVAL_S
 
     layers = job.inputs.layers.isms
     icfg = job.cfg.align.isms
     x = torch.cat([isms_input([job.train[r].tensors[L] for L in layers]) for r in ("sat", "dro")])
-    state = job.state("isms")
-    isms = train_isms(
-        x,
-        icfg,
-        seed=job.seed,
-        device=str(job.device),
-        on_epoch=job.on_epoch("isms", icfg.epochs),
-        state=state.load(),
-        save_state=state.save,
-        save_interval_s=STATE_SAVE_INTERVAL_S,
-        dtype=job.dtype,
-    )
+    isms = train_isms(x, icfg, **job.trainer_kwargs("isms", icfg.epochs))
     job.save("isms", isms, {**isms_config_dict(isms, icfg), "layers": layers, "run_digest": job.run_digest})
     device = job.device
     return {"isms": lambda vd, r: isms.encode(isms_input([vd.tensors[L] for L in layers]).to(device)).cpu()}

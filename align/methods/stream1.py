@@ -35,27 +35,20 @@ def train_stream1_part(job, *, supervised: bool = False) -> Encoders:
     and GeoAlign's ``stream1_geoalign.t``; its encoder."""
     from align.baselines import train_supervised
     from align.geoalign_release import export_stream1
-    from align.train_stream1 import STATE_SAVE_INTERVAL_S, train_stream1
+    from align.train_stream1 import train_stream1
 
     s1cfg: Stream1Config = job.params
     layer = job.inputs.layers.stream1
     sat, dro = job.train["sat"], job.train["dro"]
     if supervised and ((sat.labels < 0).all() or (dro.labels < 0).all()):
         raise UserError("align.method=supervised needs labels on the training entries; these have none (-1)")
-    state = job.state("stream1")
     s1, _ = (train_supervised if supervised else train_stream1)(
         sat.tensors[layer],
         dro.tensors[layer],
         s1cfg,
-        seed=job.seed,
-        device=str(job.device),
         sat_labels=torch.from_numpy(sat.labels),
         dro_labels=torch.from_numpy(dro.labels),
-        on_epoch=job.on_epoch("stream1", s1cfg.epochs),
-        state=state.load(),
-        save_state=state.save,
-        save_interval_s=STATE_SAVE_INTERVAL_S,
-        dtype=job.dtype,
+        **job.trainer_kwargs("stream1", s1cfg.epochs),
     )
     conf = {
         "method": job.cfg.align.method,
