@@ -382,6 +382,38 @@ def bench_verify(args: argparse.Namespace) -> dict:
     return {"settings": SMALL, "rows": rows, "max_abs_diff": max(r["max_abs_diff"] for r in rows)}
 
 
+def bench_save(args: argparse.Namespace) -> dict:
+    """One resumable-state save of release-size stream 1, as the trainer does it: copy the state
+    (model, CAdamW moments, RNG, history) and write it with ``torch_save_atomic``. This is the cost the
+    stage paid after every epoch before states of 32 MB or more were saved at most once a minute."""
+    import tempfile
+
+    from align.checkpoints import torch_save_atomic
+    from align.geoalign import GeoAlignStream1, Stream1Config
+    from align.optim import build_optimizer
+    from align.train_stream1 import _clone
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = Stream1Config()
+    model = GeoAlignStream1(cfg)
+    params = list(model.parameters())
+    opt = build_optimizer(cfg.optim, params, cfg.lr, cfg.weight_decay)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()  # the moments exist, as after any epoch
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for _ in range(args.repeat):
+            c0, w0 = time.process_time(), time.perf_counter()
+            state = _clone({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "rng_torch": torch.get_rng_state(), "history": []})
+            torch_save_atomic(state, Path(d) / "state.pt")
+            rows.append({"cpu_s": round(time.process_time() - c0, 3), "wall_s": round(time.perf_counter() - w0, 3)})
+            size = (Path(d) / "state.pt").stat().st_size
+    return {"state_mib": round(size / 2**20, 1), "saves": rows, "load_avg": os.getloadavg()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -396,13 +428,16 @@ def main() -> None:
     pr.add_argument("--threads", type=int, default=0)
     pr.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     pr.add_argument("--top", type=int, default=15)
+    sv = sub.add_parser("save", help="time one resumable-state save of release-size stream 1")
+    sv.add_argument("--repeat", type=int, default=3)
+    sv.add_argument("--threads", type=int, default=0)
     v = sub.add_parser("verify-release")
     v.add_argument("--geoalign", required=True, help="a checkout of JZLhope/GeoAlign (outside this repo)")
     v.add_argument("--workdir", required=True, help="scratch folder (outside this repo)")
     v.add_argument("--extra-path", default=None, help="PYTHONPATH entry with easydict/tqdm for GeoAlign")
     v.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    run = {"time": bench_time, "profile": bench_profile, "verify-release": bench_verify}[args.cmd]
+    run = {"time": bench_time, "profile": bench_profile, "save": bench_save, "verify-release": bench_verify}[args.cmd]
     out = run(args)
     print(json.dumps(out, indent=2))
 
