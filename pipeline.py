@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from configs.console import (
+from cvgl.core.console import (
     Progress,
     Reporter,
     SilentProgress,
@@ -29,15 +29,15 @@ from configs.console import (
     stderr_console,
     stdout_console,
 )
-from configs.console import say as _say
-from configs.errors import UserError
+from cvgl.core.console import say as _say
+from cvgl.core.errors import UserError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from cache.store import CacheStore, Entry
-    from configs.run import RunFolder
-    from configs.schema import Config
+    from cvgl.cache.store import CacheStore, Entry
+    from cvgl.core.run_folder import RunFolder
+    from cvgl.configs.schema import Config
 
 __all__ = [
     "Progress",
@@ -117,8 +117,8 @@ class StageResult:
 def load_config(config: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """A validated config: a YAML file or a shipped config's name (``"demo"``), then ``section.field=value``
     overrides, exactly as on the command line. Bad input raises ``UserError`` naming the fix."""
-    from align.registry import check_config
-    from configs.schema import load_config as load
+    from cvgl.align.registry import check_config
+    from cvgl.configs.schema import load_config as load
 
     cfg = load(config, list(overrides))
     # align.method and align.params are checked now, before any stage runs (configs/ knows no method).
@@ -133,8 +133,8 @@ def _in_run_folder(
     work: Callable[[Config, CacheStore, RunFolder], Any],
 ) -> tuple[Any, Path | None]:
     """``work(cfg, store, folder)`` inside a new run folder; a failure marks the folder failed."""
-    from cache.store import CacheStore
-    from configs.run import RunFolder
+    from cvgl.cache.store import CacheStore
+    from cvgl.core.run_folder import RunFolder
 
     store = CacheStore.open_default(cache_dir)
     folder = RunFolder(cfg, stage, cache_root=store.root)
@@ -152,7 +152,7 @@ def extract(
 ) -> StageResult:
     """Run the frozen backbone over ``cfg.dataset`` and cache one entry per (view, layer); entries the
     cache already holds are reused, not recomputed. ``cache_dir``: as ``--cache-dir``."""
-    from extract.runner import run_extraction
+    from cvgl.extract.runner import run_extraction
 
     report = progress or SilentProgress()
 
@@ -169,7 +169,7 @@ def align(
     cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress | None = None
 ) -> StageResult:
     """Train ``cfg.align.method`` on cached entries and cache the aligned entries (reused when cached)."""
-    from align.runner import run_alignment
+    from cvgl.align.runner import run_alignment
 
     report = progress or SilentProgress()
     aligned, run_dir = _in_run_folder(
@@ -186,10 +186,10 @@ def _retrieval(
     query: str | None = None,
     gallery: str | None = None,
 ) -> dict[str, Any]:
-    from retrieve.runner import run_retrieval
+    from cvgl.retrieve.runner import run_retrieval
 
     if cfg.dataset.layout == "geoalign_release":
-        from align.release import run_release
+        from cvgl.align.release import run_release
 
         q, g = run_release(cfg, store, folder)
         query, gallery = query or cfg.retrieve.query or q, gallery or cfg.retrieve.gallery or g
@@ -218,8 +218,8 @@ def retrieve(
 
 def run(cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress | None = None) -> StageResult:
     """extract → align → retrieve in one run folder; each stage reuses what the cache holds."""
-    from align.runner import run_alignment
-    from extract.runner import run_extraction
+    from cvgl.align.runner import run_alignment
+    from cvgl.extract.runner import run_extraction
 
     report = progress or SilentProgress()
 
@@ -243,7 +243,7 @@ def open_entry(ref: str, *, cache_dir: str | Path | None = None) -> Entry:
     ``entry.labels()`` / ``entry.names()`` read no descriptors. ``key``, ``count``, ``shape``,
     ``manifest`` describe it.
     """
-    from cache.store import CacheStore
+    from cvgl.cache.store import CacheStore
 
     return CacheStore.open_default(cache_dir).open(ref)
 
@@ -268,9 +268,9 @@ def evaluate(
     stand for either side, with its labels passed as None: a gallery entry is streamed shard by shard.
     ``topk`` is capped at the gallery size; ``semi_positives`` is vigor's ``[n_q, m]`` labels.
     """
-    from cache.store import Entry
-    from retrieve.indexes import l2_normalize_rows
-    from retrieve.metrics import evaluate_streaming
+    from cvgl.cache.store import Entry
+    from cvgl.retrieve.indexes import l2_normalize_rows
+    from cvgl.retrieve.metrics import evaluate_streaming
 
     if isinstance(query, Entry):
         q, own_labels, _ = query.read()
@@ -334,13 +334,13 @@ def _load(args: list[str] | None, default: str | None = None):
 
 
 def _store():
-    from cache.store import CacheStore
+    from cvgl.cache.store import CacheStore
 
     return CacheStore.open_default(STATE.cache_dir)
 
 
 def _stage_extract(cfg, store, reporter) -> list:
-    from extract.runner import run_extraction
+    from cvgl.extract.runner import run_extraction
 
     return run_extraction(cfg, store, progress=reporter)
 
@@ -448,8 +448,8 @@ def cmd_sweep(
     Extraction runs first (once per distinct setting); then the points run in parallel
     (sweep.n_jobs, sweep.backend=loky|dask, sweep.scheduler=tcp://…). Rerun the same command to resume.
     """
-    from configs.sweep import build_sweep
-    from retrieve.sweep import run_sweep
+    from cvgl.orchestration.sweep_spec import build_sweep
+    from cvgl.orchestration.sweep import run_sweep
 
     path, overrides = _split_args(args)
     spec = build_sweep(path, overrides, grid, zipped)
@@ -511,8 +511,8 @@ def demo(
 
     from rich.table import Table
 
-    from configs.schema import load_config, split_override
-    from configs.sweep import build_sweep
+    from cvgl.configs.schema import load_config, split_override
+    from cvgl.orchestration.sweep_spec import build_sweep
 
     # One folder for the whole demo: its run.json at the top, the sweep's table, plot and points
     # below it, and the descriptor world's runs in world/.
@@ -523,8 +523,8 @@ def demo(
     spec = build_sweep("demo", overrides, [f"align.method=[{','.join(DEMO_METHODS)}]"])
 
     def go(cfg, store, run, reporter):
-        from align.demo_world import WORLD_METHODS, run_descriptor_world
-        from retrieve.sweep import finished, run_sweep
+        from cvgl.orchestration.demo_world import WORLD_METHODS, run_descriptor_world
+        from cvgl.orchestration.sweep import finished, run_sweep
 
         say(DEMO_NOTE)
         entries = _stage_extract(cfg, store, reporter)
@@ -603,11 +603,11 @@ DEMO_CVFT_NOTE = (
 
 
 def _demo_cvft(overrides: list[str]) -> None:
-    from configs.schema import load_config
+    from cvgl.configs.schema import load_config
 
     base = load_config("demo_cvft", overrides)
     store = _store()
-    from extract.synthetic_cvusa import make_synthetic_cvusa
+    from cvgl.datasets.synthetic_cvusa import make_synthetic_cvusa
 
     root = store.root / "datasets" / f"synthetic-cvusa-s{base.seed}"
     if not (root / "splits" / "val-19zl.csv").exists():
@@ -618,10 +618,10 @@ def _demo_cvft(overrides: list[str]) -> None:
     cfg = load_config("demo_cvft", common)
 
     def go(cfg, store, run, reporter):
-        from align.runner import run_alignment
-        from configs.naming import aligned_alias
-        from extract.runner import run_extraction
-        from retrieve.runner import run_retrieval
+        from cvgl.align.runner import run_alignment
+        from cvgl.datasets.naming import aligned_alias
+        from cvgl.extract.runner import run_extraction
+        from cvgl.retrieve.runner import run_retrieval
 
         say(DEMO_CVFT_NOTE)
         train_cfg = load_config(
@@ -667,7 +667,7 @@ def cmd_compare(
     dest: Path = typer.Option(Path("."), "--out", help="Where comparison.md and comparison.csv go."),
 ) -> None:
     """One table of metrics across runs; also written as Markdown and CSV."""
-    from retrieve.compare import compare_runs, write_comparison
+    from cvgl.retrieve.compare import compare_runs, write_comparison
 
     _, markdown, csv_text = compare_runs(list(runs))
     out.print(markdown)
@@ -746,7 +746,7 @@ def cmd_cache_rm(
 def cmd_cache_gc() -> None:
     """Remove incomplete entries nobody is writing, temporary files, invalid or dangling aliases, and
     retrieval indexes whose gallery entry is gone or changed."""
-    from retrieve.indexes import gc_indexes
+    from cvgl.retrieve.indexes import gc_indexes
 
     store = _store()
     removed = store.gc()
@@ -774,7 +774,7 @@ def cmd_cache_import(
     ),
 ) -> None:
     """Import descriptors into the cache: plain arrays or GeoAlign's torch-saved feature folders."""
-    from cache.importers import import_any
+    from cvgl.cache.importers import import_any
 
     for alias_, key, n in import_any(_store(), source, alias=alias, labels=labels, names=names, fmt=fmt):
         say(f"imported {alias_}  ({n} rows, key {key[:12]})")
@@ -792,7 +792,7 @@ def cmd_cache_export(
     ),
 ) -> None:
     """Export an entry as descriptors.npy + labels.npy + names.txt, or in GeoAlign's layout."""
-    from cache.importers import export_entry
+    from cvgl.cache.importers import export_entry
 
     for p in export_entry(_store(), ref, fmt=fmt, out=dest, view=view):
         say(f"wrote {p}")
@@ -868,7 +868,7 @@ def main() -> None:
         sys.exit(2)
     except (OSError, RuntimeError) as e:
         # Last resort for a full disk met outside the tool's own writers (which already say so).
-        from configs.diskspace import is_no_space, no_space_error
+        from cvgl.core.diskspace import is_no_space, no_space_error
 
         if debug or not is_no_space(e):
             raise

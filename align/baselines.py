@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from align.geoalign import INITS, GeoAlignStream1, Stream1Config, init_autoencoder
-from align.losses import (
+from cvgl.align.geoalign import INITS, GeoAlignStream1, Stream1Config, init_autoencoder
+from cvgl.align.losses import (
     hard_pseudo_label_infonce,
     l1_unit,
     label_match_targets,
     pseudo_label_accuracy,
     stream1_loss,
 )
-from align.train_stream1 import DrawDrones, OnEpoch, SaveState, build_and_fit, check_inputs, uniform_drones
-from configs.errors import UserError
+from cvgl.align.train_stream1 import DrawDrones, OnEpoch, SaveState, build_and_fit, check_inputs, uniform_drones
+from cvgl.core.errors import UserError
 
 
 @dataclass

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 Variant = Literal["cvft", "vgg_conv", "vgg_gp"]
 BiasInit = Literal["reference", "uniform"]

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 INITS = ("isometric", "default")
 

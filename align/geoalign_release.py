@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from align.checkpoints import torch_save_atomic
-from align.geoalign import GeoAlignStream1, Stream1Config
-from align.isms import ISMS, isms_input
-from cache.importers import read_geoalign_view
-from configs.atomic import write_text_atomic
-from configs.errors import UserError
+from cvgl.align.checkpoints import torch_save_atomic
+from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
+from cvgl.align.isms import ISMS, isms_input
+from cvgl.cache.importers import read_geoalign_view
+from cvgl.core.atomic import write_text_atomic
+from cvgl.core.errors import UserError
 
 STREAM1_CONFIG = Path("configs/base_stream1.yml")
 STREAM1_WEIGHTS = Path("outputs/base_stream1/300_param.t")

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache.shards import read_shard_rows
-from cache.store import CacheStore, Entry
-from configs.errors import UserError
-from configs.naming import extracted_alias, pair_roles, query_gallery_views
-from configs.schema import Config
+from cvgl.cache.shards import read_shard_rows
+from cvgl.cache.store import CacheStore, Entry
+from cvgl.core.errors import UserError
+from cvgl.datasets.naming import extracted_alias, pair_roles, query_gallery_views
+from cvgl.configs.schema import Config
 
 #: GeoAlign's branch names for the two roles (and the training views' names in the run digest).
 BRANCH = {"ground": "dro", "aerial": "sat"}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from configs.schema import ISMSSection
+from cvgl.configs.schema import ISMSSection
 
 # One type for ISMS's hyperparameters: the config section ``align.isms`` is what the trainer reads.
 ISMSConfig = ISMSSection
@@ -101,7 +101,7 @@ def train_isms(
     saved at most that often, and after the last epoch
     (:class:`align.train_stream1.SaveSchedule`). ``dtype="bfloat16"``: bf16 autocast.
     """
-    from align.train_stream1 import SaveSchedule, autocast
+    from cvgl.align.train_stream1 import SaveSchedule, autocast
 
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from configs.errors import UserError
-from configs.schema import Config
+from cvgl.core.errors import UserError
+from cvgl.configs.schema import Config
 
 #: The input kinds the stage provides (align/inputs.py): pooled descriptors of one or more layers as
 #: tensors, conv maps read by random access (CVFT), or nothing (identity: no aligned entries).
@@ -94,7 +94,7 @@ class Registry:
             self._builtins_loaded = True
             import importlib
 
-            importlib.import_module("align.methods")
+            importlib.import_module("cvgl.align.methods")
 
 
 #: The process's registry (module state: registration happens when a method's module is imported).

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.store import CacheStore
-from configs.errors import UserError
-from configs.run import RunFolder
-from configs.schema import Config
+from cvgl.cache.store import CacheStore
+from cvgl.core.errors import UserError
+from cvgl.core.run_folder import RunFolder
+from cvgl.configs.schema import Config
 
 
 def run_release(cfg: Config, store: CacheStore, run: RunFolder) -> tuple[str, str]:
@@ -23,15 +23,15 @@ def run_release(cfg: Config, store: CacheStore, run: RunFolder) -> tuple[str, st
     and the checkpoints), computes stream-1 (and, with ``align.fusion``, fused) descriptors exactly
     as GeoAlign's ``evaluate.py`` does, and caches them. Returns the (query, gallery) aliases.
     """
-    from align.geoalign_release import (
+    from cvgl.align.geoalign_release import (
         FEATURE_DIRS,
         ISMS_WEIGHTS,
         STREAM1_CONFIG,
         STREAM1_WEIGHTS,
         release_descriptors,
     )
-    from cache.importers import import_geoalign
-    from cache.keys import weights_digest
+    from cvgl.cache.importers import import_geoalign
+    from cvgl.core.keys import weights_digest
 
     if not cfg.dataset.root:
         raise UserError(

@@ -18,6 +18,6 @@ aligned entries.
 
 from __future__ import annotations
 
-from align.stage import AlignedEntry, LogFn, publish_model, run_alignment
+from cvgl.align.stage import AlignedEntry, LogFn, publish_model, run_alignment
 
 __all__ = ["AlignedEntry", "LogFn", "publish_model", "run_alignment"]

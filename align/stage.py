@@ -19,17 +19,17 @@ from typing import Any
 
 import torch
 
-from align.checkpoints import link_into, model_files, record_model_files, save_checkpoint, torch_save_atomic
-from align.inputs import LOADERS, Inputs
-from align.registry import Method, get, resolve_params
-from cache.keys import content_key
-from cache.store import CacheStore
-from configs.atomic import write_text_atomic
-from configs.devices import resolve_device
-from configs.diskspace import disk_full_is_user_error
-from configs.naming import aligned_alias
-from configs.run import RunFolder
-from configs.schema import Config
+from cvgl.align.checkpoints import link_into, model_files, record_model_files, save_checkpoint, torch_save_atomic
+from cvgl.align.inputs import LOADERS, Inputs
+from cvgl.align.registry import Method, get, resolve_params
+from cvgl.core.keys import content_key
+from cvgl.cache.store import CacheStore
+from cvgl.core.atomic import write_text_atomic
+from cvgl.core.devices import resolve_device
+from cvgl.core.diskspace import disk_full_is_user_error
+from cvgl.datasets.naming import aligned_alias
+from cvgl.core.run_folder import RunFolder
+from cvgl.configs.schema import Config
 
 LogFn = Callable[[str, int, int, dict], None]  # (description, epoch, epochs, losses)
 # Per-epoch values shown in progress (all numeric ones go to history.jsonl).
@@ -155,7 +155,7 @@ class TrainJob:
     def trainer_kwargs(self, name: str, epochs: int) -> dict[str, Any]:
         """What every descriptor trainer takes besides its data and config: seed, device, progress,
         the resumable state of model ``name`` (loaded now, saved on the trainer's schedule), dtype."""
-        from align.train_stream1 import STATE_SAVE_INTERVAL_S
+        from cvgl.align.train_stream1 import STATE_SAVE_INTERVAL_S
 
         state = self.state(name)
         return dict(
@@ -195,7 +195,7 @@ def _run_spec(cfg: Config, method: Method, inputs: Inputs, params: Any) -> dict:
         **inputs.key,
     }
     if method.dtype_in_key:
-        from align.train_stream1 import compute_dtype
+        from cvgl.align.train_stream1 import compute_dtype
 
         dtype = compute_dtype(cfg.align.dtype, str(resolve_device(cfg.align.device, "align.device")))
         if dtype != "float32":

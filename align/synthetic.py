@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 GENERATOR_VERSION = 1
 TEST_VIEWS = ("query_drone", "gallery_satellite")

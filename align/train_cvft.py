@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from align.cvft import VGGGP, build_model, encode_blocks, soft_margin_triplet_loss
-from configs.errors import UserError
+from cvgl.align.cvft import VGGGP, build_model, encode_blocks, soft_margin_triplet_loss
+from cvgl.core.errors import UserError
 
 MapsFn = Callable[[np.ndarray], "torch.Tensor | np.ndarray"]
 

@@ -26,10 +26,10 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import nn
 
-from align.geoalign import GeoAlignStream1, Stream1Config
-from align.losses import curriculum_eps, stream1_loss
-from align.optim import WarmupCosine, build_optimizer
-from configs.errors import UserError
+from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
+from cvgl.align.losses import curriculum_eps, stream1_loss
+from cvgl.align.optim import WarmupCosine, build_optimizer
+from cvgl.core.errors import UserError
 
 STATE_FORMAT = "cvgl-align-train-state/1"
 # Saving the resumable state copies and writes the parameters and both optimizer moments. At

@@ -46,10 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from align.geoalign import GeoAlignStream1, Stream1Config  # noqa: E402
-from align.geoalign_release import export_stream1  # noqa: E402
-from align.isms import ISMS, ISMSConfig, isms_input, train_isms  # noqa: E402
-from align.train_stream1 import train_stream1  # noqa: E402
+from cvgl.align.geoalign import GeoAlignStream1, Stream1Config  # noqa: E402
+from cvgl.align.geoalign_release import export_stream1  # noqa: E402
+from cvgl.align.isms import ISMS, ISMSConfig, isms_input, train_isms  # noqa: E402
+from cvgl.align.train_stream1 import train_stream1  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # timing
@@ -127,8 +127,8 @@ def bench_profile(args: argparse.Namespace) -> dict:
     """Top operations of release-size stream-1 steps under torch.profiler (see the module docstring)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from align.optim import build_optimizer
-    from align.train_stream1 import autocast, stream1_batch_loss
+    from cvgl.align.optim import build_optimizer
+    from cvgl.align.train_stream1 import autocast, stream1_batch_loss
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,8 +203,8 @@ def matmul_gflops(m: int, k: int, n: int, repeat: int = 5, device: str = "cpu") 
 
 def work_bound(cfg: Stream1Config, icfg: ISMSConfig, n_sat: int, n_rows: int, device: str = "cpu") -> dict:
     """Work of the whole schedule and the least time it can take at this machine's matmul speed."""
-    from align.isms import isms_loss
-    from align.train_stream1 import stream1_batch_loss
+    from cvgl.align.isms import isms_loss
+    from cvgl.align.train_stream1 import stream1_batch_loss
 
     torch.manual_seed(0)
     model = GeoAlignStream1(cfg).train().to(device)
@@ -355,8 +355,8 @@ def run_geoalign(repo: Path, mode: str, fusion: bool, extra_path: str | None) ->
 
 
 def run_ours(release: Path, mode: str, fusion: bool) -> dict[str, float]:
-    from align.geoalign_release import release_descriptors
-    from retrieve.metrics import evaluate
+    from cvgl.align.geoalign_release import release_descriptors
+    from cvgl.retrieve.metrics import evaluate
 
     q, ql, _, gal, gl, _ = release_descriptors(release, mode=mode, model=BACKBONE, fusion=fusion)
     summary, _ = evaluate(q.numpy(), ql.numpy(), gal.numpy(), gl.numpy(), "geoalign", ks=(1, 5, 10))
@@ -388,10 +388,10 @@ def bench_save(args: argparse.Namespace) -> dict:
     stage paid after every epoch before states of 32 MB or more were saved at most once a minute."""
     import tempfile
 
-    from align.checkpoints import torch_save_atomic
-    from align.geoalign import GeoAlignStream1, Stream1Config
-    from align.optim import build_optimizer
-    from align.train_stream1 import _clone
+    from cvgl.align.checkpoints import torch_save_atomic
+    from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
+    from cvgl.align.optim import build_optimizer
+    from cvgl.align.train_stream1 import _clone
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -41,12 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from align.runner import run_alignment  # noqa: E402
-from align.synthetic import WorldConfig, align_overrides, make_splits, write_cache  # noqa: E402
-from cache.store import CacheStore  # noqa: E402
-from configs.run import RunFolder  # noqa: E402
-from configs.schema import load_config  # noqa: E402
-from retrieve.metrics import evaluate  # noqa: E402
+from cvgl.align.runner import run_alignment  # noqa: E402
+from cvgl.align.synthetic import WorldConfig, align_overrides, make_splits, write_cache  # noqa: E402
+from cvgl.cache.store import CacheStore  # noqa: E402
+from cvgl.core.run_folder import RunFolder  # noqa: E402
+from cvgl.configs.schema import load_config  # noqa: E402
+from cvgl.retrieve.metrics import evaluate  # noqa: E402
 
 METHODS = ("isms", "geoalign", "fusion", "emcvgl", "supervised")
 SIZES = {
@@ -232,7 +232,7 @@ def isms_curve(args) -> dict:
     """ISMS trained once (``train_isms``, the function the stage calls); the model handed to
     ``save_state`` after chosen epochs is evaluated on the test split: loss, R@1/AP, and how close
     its similarity structure already is to the final model's."""
-    from align.isms import ISMS, ISMSConfig, isms_input, train_isms
+    from cvgl.align.isms import ISMS, ISMSConfig, isms_input, train_isms
 
     if args.u1652_size:
         size = dict(n_locations=701, views_per_location=54, n_distractors=250)

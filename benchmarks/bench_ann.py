@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retrieve.indexes import IndexParams, ServedIndex, build_index, recall_vs_exact, search  # noqa: E402
+from cvgl.retrieve.indexes import IndexParams, ServedIndex, build_index, recall_vs_exact, search  # noqa: E402
 
 CHUNK = 100_000
 

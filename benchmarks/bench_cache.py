@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.store import CacheStore  # noqa: E402
+from cvgl.cache.store import CacheStore  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:

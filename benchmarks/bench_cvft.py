@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from align.train_cvft import CVFTConfig, encode_aerial, encode_ground, train_cvft
+from cvgl.align.train_cvft import CVFTConfig, encode_aerial, encode_ground, train_cvft
 
 
 def main() -> None:

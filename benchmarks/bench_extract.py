@@ -34,13 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import extract.runner as runner  # noqa: E402
-from cache.store import CacheStore  # noqa: E402
-from configs.devices import resolve_device  # noqa: E402
-from configs.schema import load_config  # noqa: E402
-from extract.models import build_model, compute_dtype  # noqa: E402
-from extract.roots import image_lists  # noqa: E402
-from extract.runner import run_extraction  # noqa: E402
+import cvgl.extract.runner as runner  # noqa: E402
+from cvgl.cache.store import CacheStore  # noqa: E402
+from cvgl.core.devices import resolve_device  # noqa: E402
+from cvgl.configs.schema import load_config  # noqa: E402
+from cvgl.extract.models import build_model, compute_dtype  # noqa: E402
+from cvgl.extract.roots import image_lists  # noqa: E402
+from cvgl.extract.runner import run_extraction  # noqa: E402
 
 MODELS = {
     # The demo's backbone and input size (configs/demo.yaml).
@@ -94,7 +94,7 @@ def main() -> None:
         # Building the network is a one-off cost per run, not per image: the timed runs reuse this one.
         runner.build_model = lambda cfg, device, dtype: model
 
-        from extract.images import ImageDataset, iter_batches
+        from cvgl.extract.images import ImageDataset, iter_batches
 
         ds = ImageDataset(
             images, resize=cfg.preprocess.resize, mean=cfg.preprocess.mean, std=cfg.preprocess.std

@@ -38,13 +38,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import extract.runner as runner  # noqa: E402
-from cache.store import CacheStore  # noqa: E402
-from configs.devices import resolve_device  # noqa: E402
-from configs.schema import load_config  # noqa: E402
-from extract.dinov3 import DINOv3Backbone, DINOv3Variant, resolve_variant  # noqa: E402
-from extract.distributed import Ranks  # noqa: E402
-from extract.models import DinoModel, choose_batch_size, compute_dtype  # noqa: E402
+import cvgl.extract.runner as runner  # noqa: E402
+from cvgl.cache.store import CacheStore  # noqa: E402
+from cvgl.core.devices import resolve_device  # noqa: E402
+from cvgl.configs.schema import load_config  # noqa: E402
+from cvgl.extract.dinov3 import DINOv3Backbone, DINOv3Variant, resolve_variant  # noqa: E402
+from cvgl.extract.distributed import Ranks  # noqa: E402
+from cvgl.extract.models import DinoModel, choose_batch_size, compute_dtype  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -117,8 +117,8 @@ def build_net(name: str, arch: dict, device: torch.device, seed: int = 0) -> DIN
 
 def reference_extract(net: DINOv3Backbone, data: Path, layers: list[int], batch: int, workers: int) -> float:
     """GeoAlign's extraction loop: float32, per-image pooling; returns images/s."""
-    from extract.datasets import list_images
-    from extract.images import ImageDataset, iter_batches
+    from cvgl.datasets.layouts import list_images
+    from cvgl.extract.images import ImageDataset, iter_batches
 
     device = next(net.parameters()).device
     saved = net.cuda_autocast_dtype

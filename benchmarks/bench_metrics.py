@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import retrieve.metrics as metrics_module  # noqa: E402
-from retrieve.metrics import _queries_per_block, evaluate  # noqa: E402
+import cvgl.retrieve.metrics as metrics_module  # noqa: E402
+from cvgl.retrieve.metrics import _queries_per_block, evaluate  # noqa: E402
 
 
 class _MatmulTimer:

@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_sweep_")).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    py = [sys.executable, "-m", "pipeline", "--quiet"]
+    py = [sys.executable, "-m", "cvgl.pipeline", "--quiet"]
     load0 = os.getloadavg()
     base = work / "cache-base"
     timed([*py, "extract", *BASE, f"out={work / 'extract'}"], base, work)
@@ -77,7 +77,7 @@ def main() -> None:
         res[f"sweep_n_jobs_{jobs}"] = {"wall_s": wall, "cpu_s": cpu}
         print(f"sweep n_jobs={jobs}: {wall:.1f} s wall, {cpu:.1f} s CPU", file=sys.stderr, flush=True)
 
-    from configs.sweep import build_sweep
+    from cvgl.orchestration.sweep_spec import build_sweep
 
     spec = build_sweep("demo", ["retrieve.report=false", f"out={work / 'separate'}"], GRID[1::2])
     wall = cpu = 0.0

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retrieve.metrics import _queries_per_block, evaluate_streaming, iter_array_chunks  # noqa: E402
+from cvgl.retrieve.metrics import _queries_per_block, evaluate_streaming, iter_array_chunks  # noqa: E402
 
 
 def _peak_mb() -> float:

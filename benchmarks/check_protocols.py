@@ -52,10 +52,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pipeline  # noqa: E402
-from retrieve import geo, submission  # noqa: E402
-from retrieve.metrics import evaluate as metrics_evaluate  # noqa: E402
-from retrieve.metrics import evaluate_streaming, iter_array_chunks  # noqa: E402
+from cvgl import pipeline  # noqa: E402
+from cvgl.retrieve import geo, submission  # noqa: E402
+from cvgl.retrieve.metrics import evaluate as metrics_evaluate  # noqa: E402
+from cvgl.retrieve.metrics import evaluate_streaming, iter_array_chunks  # noqa: E402
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 

@@ -31,9 +31,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from cache.store import CacheStore, Entry
-from configs.atomic import atomic_path
-from configs.errors import UserError
+from cvgl.cache.store import CacheStore, Entry
+from cvgl.core.atomic import atomic_path
+from cvgl.core.errors import UserError
 
 FIELD_IMPORT_FORMATS = ("mat", "hloc", "vpr")
 FIELD_EXPORT_FORMATS = ("mat",)
@@ -137,7 +137,7 @@ def _view_of(names: list[str], fallback: str) -> str:
 
 def import_u1652_mat(store: CacheStore, path: Path, *, alias: str | None) -> list[tuple[str, Entry]]:
     """Import ``pytorch_result.mat`` as ``<alias>.query`` and ``<alias>.gallery`` (alias default: the stem)."""
-    from cache.importers import import_arrays
+    from cvgl.cache.importers import import_arrays
 
     m = _loadmat(path)
     required = [f"{s}_{k}" for s in MAT_SIDES for k in ("f", "label")]
@@ -261,7 +261,7 @@ def import_hloc(store: CacheStore, path: Path, *, alias: str | None, labels: Pat
     """Import hloc's global-descriptor HDF5 (``<name>/global_descriptor`` per image) as one entry."""
     import h5py
 
-    from cache.importers import import_arrays
+    from cvgl.cache.importers import import_arrays
 
     try:
         with h5py.File(path, "r") as f:
@@ -307,7 +307,7 @@ def import_vpr(
     store: CacheStore, source: Path, *, alias: str | None, labels: Path | None, names: Path | None
 ) -> list[tuple[str, Entry]]:
     """Import VPR-methods-evaluation's descriptors as ``<alias>.database`` and ``<alias>.queries``."""
-    from cache.importers import import_arrays
+    from cvgl.cache.importers import import_arrays
 
     folder = _vpr_folder(source)
     arrays = {}

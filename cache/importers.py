@@ -17,9 +17,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from cache.store import CacheStore, Entry, check_alias
-from configs.atomic import atomic_path, write_text_atomic
-from configs.errors import UserError
+from cvgl.cache.store import CacheStore, Entry, check_alias
+from cvgl.core.atomic import atomic_path, write_text_atomic
+from cvgl.core.errors import UserError
 
 GEOALIGN_VIEWS = ("sat", "dro")
 
@@ -344,7 +344,7 @@ def import_any(
     if not source.exists():
         raise UserError(f"{source} does not exist; give a .npy/.h5 file or a GeoAlign feature folder")
     # Other tools' feature files (pytorch_result.mat, hloc HDF5, VPR-methods-evaluation .npy).
-    from cache.formats import FIELD_IMPORT_FORMATS, detect_field_format, import_field_format
+    from cvgl.cache.formats import FIELD_IMPORT_FORMATS, detect_field_format, import_field_format
 
     if fmt == "auto":
         fmt = detect_field_format(source) or "auto"
@@ -395,7 +395,7 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 def export_entry(store: CacheStore, ref: str, *, fmt: str, out: Path, view: str | None = None) -> list[Path]:
     """Write an entry as plain arrays (``npy``) or GeoAlign's torch-saved layout (``geoalign``)."""
     if fmt == "mat":  # one side of University-1652's pytorch_result.mat (cache/formats.py)
-        from cache.formats import export_u1652_mat
+        from cvgl.cache.formats import export_u1652_mat
 
         return [export_u1652_mat(store.open(ref), out, side=view)]
     entry = store.open(ref)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from configs.atomic import write_bytes_atomic
+from cvgl.core.atomic import write_bytes_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

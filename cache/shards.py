@@ -28,8 +28,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from configs.atomic import write_bytes_atomic
-from configs.errors import UserError
+from cvgl.core.atomic import write_bytes_atomic
+from cvgl.core.errors import UserError
 
 
 def shard_name(index: int) -> str:

@@ -25,9 +25,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cache.keys import DigestMemo, content_key, file_sha256
-from cache.manifest import MANIFEST, Manifest, ShardInfo, read_manifest, write_manifest
-from cache.shards import (
+from cvgl.core.keys import DigestMemo, content_key, file_sha256
+from cvgl.cache.manifest import MANIFEST, Manifest, ShardInfo, read_manifest, write_manifest
+from cvgl.cache.shards import (
     ShardIdentity,
     identity_problem,
     read_shard,
@@ -35,8 +35,8 @@ from cache.shards import (
     shard_name,
     write_shard,
 )
-from configs.atomic import write_text_atomic
-from configs.errors import UserError
+from cvgl.core.atomic import write_text_atomic
+from cvgl.core.errors import UserError
 
 ENV_VAR = "PIPELINE_CACHE_DIR"
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 
 def shipped_configs() -> dict[str, Path]:
     """Name → path of every YAML file shipped with the package."""
-    root = resources.files("configs")
+    root = resources.files("cvgl.configs")
     return {p.name[: -len(".yaml")]: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
 
 

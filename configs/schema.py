@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 LAYOUTS = ("u1652", "folder", "synthetic", "sues200", "cvusa", "cvact", "geoalign_release", "vigor", "denseuav")
 PROTOCOLS = ("u1652", "geoalign", "cvft", "vigor")
@@ -421,7 +421,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (a file, or the name of a shipped one), apply overrides, validate."""
-    from configs import resolve_config_path
+    from cvgl.configs import resolve_config_path
 
     data: dict = {}
     if path is not None:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 FACETS: tuple[str, ...] = ("token", "query", "key", "value")
 """What ``forward_layers`` can return for a block: its normed output, or its attention projections."""

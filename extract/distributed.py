@@ -3,7 +3,7 @@
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) rank ``r`` of ``W`` computes the shards
 ``i ≡ r (mod W)`` and writes them itself; rank 0 holds the entry locks and writes the manifests once
 every rank has passed a barrier. ``extract.launcher=torchrun`` starts such a job from a plain
-``pipeline extract``: each rank runs ``python -m extract.distributed CONFIG`` (:func:`main`).
+``pipeline extract``: each rank runs ``python -m cvgl.extract.distributed CONFIG`` (:func:`main`).
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cache.keys import content_key, image_list_digest
-from cache.store import CacheStore
-from configs.devices import resolve_device
-from configs.errors import UserError
-from configs.schema import Config
-from extract.keys import backbone_identity, check_layers, entry_spec
-from extract.models import compute_dtype
-from extract.roots import image_lists
+from cvgl.core.keys import content_key, image_list_digest
+from cvgl.cache.store import CacheStore
+from cvgl.core.devices import resolve_device
+from cvgl.core.errors import UserError
+from cvgl.configs.schema import Config
+from cvgl.extract.keys import backbone_identity, check_layers, entry_spec
+from cvgl.extract.models import compute_dtype
+from cvgl.extract.roots import image_lists
 
 if TYPE_CHECKING:
-    from extract.runner import ExtractedEntry
+    from cvgl.extract.runner import ExtractedEntry
 
 #: Timeout of the rank barriers: a rank may wait for the slowest one through a whole image list.
 BARRIER_TIMEOUT = timedelta(hours=12)
@@ -113,7 +113,7 @@ def launch_torchrun(cfg: Config, store: CacheStore) -> list[ExtractedEntry]:
     """
     import yaml
 
-    from configs.schema import to_dict
+    from cvgl.configs.schema import to_dict
 
     n = cfg.extract.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
     if n < 1:
@@ -138,7 +138,7 @@ def launch_torchrun(cfg: Config, store: CacheStore) -> list[ExtractedEntry]:
             "--standalone",
             f"--nproc_per_node={n}",
             "-m",
-            "extract.distributed",
+            "cvgl.extract.distributed",
             str(cfg_path),
         ]
         with open(log, "w") as err:
@@ -148,7 +148,7 @@ def launch_torchrun(cfg: Config, store: CacheStore) -> list[ExtractedEntry]:
             lines = [ln[len("error: ") :] for ln in text.splitlines() if ln.startswith("error: ")]
             reason = lines[0] if lines else (text.strip().splitlines() or ["no message"])[-1]
             raise UserError(f"torchrun extraction ({n} ranks) failed: {reason}")
-    from extract.runner import run_extraction
+    from cvgl.extract.runner import run_extraction
 
     entries = run_extraction(job, store)
     return [dataclasses.replace(e, reused=e.key not in before) for e in entries]
@@ -171,12 +171,12 @@ def _missing_keys(cfg: Config, store: CacheStore) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m extract.distributed CONFIG [k=v …]``: what each torchrun rank runs.
+    """``python -m cvgl.extract.distributed CONFIG [k=v …]``: what each torchrun rank runs.
 
     Errors end as one ``error: …`` line on stderr with exit code 2, like the pipeline command.
     """
-    from configs.schema import load_config
-    from extract.runner import run_extraction
+    from cvgl.configs.schema import load_config
+    from cvgl.extract.runner import run_extraction
 
     args = list(sys.argv[1:] if argv is None else argv)
     path, overrides = (args[0], args[1:]) if args and "=" not in args[0] else (None, args)

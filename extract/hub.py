@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 # Hub repo ids: one '/' between an owner and a name of letters, digits, '-', '_', '.'.
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from configs.errors import UserError
-from extract.datasets import ImageList, display_name, name_problem
+from cvgl.core.errors import UserError
+from cvgl.datasets.layouts import ImageList, display_name, name_problem
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -221,7 +221,7 @@ class ImageDataset(Dataset):
             if rgb.size != (w, h):
                 rgb = rgb.resize((w, h), RESAMPLE[self.resample])
         if self.normalization == "caffe_bgr":
-            from extract.vgg16 import preprocess
+            from cvgl.extract.vgg16 import preprocess
 
             return preprocess(np.asarray(rgb), "cvft")[0]
         return to_tensor(rgb, self.mean, self.std)

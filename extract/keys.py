@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from cache.keys import weights_digest
-from cache.store import CacheStore, check_alias
-from configs.errors import UserError
-from configs.naming import extracted_alias, view_kind
-from configs.schema import Config
-from extract.datasets import ImageList
+from cvgl.core.keys import weights_digest
+from cvgl.cache.store import CacheStore, check_alias
+from cvgl.core.errors import UserError
+from cvgl.datasets.naming import extracted_alias, view_kind
+from cvgl.configs.schema import Config
+from cvgl.datasets.layouts import ImageList
 
 Layer = int | str
 
@@ -60,7 +60,7 @@ def check_layers(cfg: Config) -> list[Layer]:
             "backbone.layers is empty; give at least one block index, e.g. backbone.layers=[26,28]"
         )
     if is_vgg(cfg):
-        from extract.vgg16 import LAYER_END
+        from cvgl.extract.vgg16 import LAYER_END
 
         if cfg.backbone.facet != "token":
             raise UserError(
@@ -78,7 +78,7 @@ def check_layers(cfg: Config) -> list[Layer]:
                 f"(any of {', '.join(LAYER_END)})"
             )
         return [str(L) for L in layers]
-    from extract.dinov3 import resolve_variant
+    from cvgl.extract.dinov3 import resolve_variant
 
     if cfg.pooling.name == "none":
         raise UserError(
@@ -98,7 +98,7 @@ def backbone_identity(cfg: Config, store: CacheStore) -> dict:
     """What identifies the network in a key: variant, weights digest (or random-init seed), overrides."""
     b = cfg.backbone
     if b.weights:
-        from extract.hub import resolve_weights
+        from cvgl.extract.hub import resolve_weights
 
         # A Hub repo id is keyed by the digest of the files it resolves to, like a local folder.
         p = Path(resolve_weights(b.weights))
@@ -151,13 +151,13 @@ def _cvft_role(view: str) -> str:
 
 def view_preprocess(cfg: Config, view: str) -> tuple[Preprocess, Any]:
     """The preprocessing of ``view`` and the resize value its key records (int, [h, w] or None)."""
-    from extract.images import parse_resize
+    from cvgl.extract.images import parse_resize
 
     pp = cfg.preprocess
     if view in pp.resize_by_view:
         raw = pp.resize_by_view[view]
     elif pp.recipe == "cvft":
-        from extract.vgg16 import CVFT_AERIAL_SIZE, CVFT_GROUND_SIZE
+        from cvgl.extract.vgg16 import CVFT_AERIAL_SIZE, CVFT_GROUND_SIZE
 
         raw = list(CVFT_GROUND_SIZE if _cvft_role(view) == "ground" else CVFT_AERIAL_SIZE)
     else:
@@ -227,7 +227,7 @@ def _distractor_spec(images: ImageList) -> dict:
     to -2 (distractor), so these lists get their own key and an entry cached with the old labels is
     recomputed instead of being reused with them. Lists without distractors keep their keys.
     """
-    from extract.datasets import DISTRACTOR
+    from cvgl.datasets.layouts import DISTRACTOR
 
     mask = np.asarray(images.labels) == DISTRACTOR
     if not mask.any():

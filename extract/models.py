@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from configs.errors import UserError
-from configs.schema import Config
-from extract.keys import Layer, check_layers, is_vgg, vgg_arch
+from cvgl.core.errors import UserError
+from cvgl.configs.schema import Config
+from cvgl.extract.keys import Layer, check_layers, is_vgg, vgg_arch
 
 if TYPE_CHECKING:  # the launcher in extract.distributed builds on this module
-    from extract.distributed import Ranks
+    from cvgl.extract.distributed import Ranks
 
 #: ``extract.batch_size=auto`` on a CPU: no device memory to fill, so the default batch.
 AUTO_BATCH_CPU = 16
@@ -68,8 +68,8 @@ class DinoModel(ExtractModel):
     def __init__(self, cfg: Config, device: torch.device, dtype: str, net: Any = None) -> None:
         """``net``: an already built DINOv3Backbone to use instead of loading ``backbone.weights``
         (the GPU benchmark builds a random ViT-H+ directly on the device)."""
-        from extract.dinov3 import load_dinov3
-        from extract.pooling import pool
+        from cvgl.extract.dinov3 import load_dinov3
+        from cvgl.extract.pooling import pool
 
         self.cfg = cfg
         self.device = device
@@ -85,7 +85,7 @@ class DinoModel(ExtractModel):
             raise UserError(
                 "pooling.name=none (spatial maps) is for backbone.name=vgg16; pick gem, avg, max or cls for DINOv3"
             )
-        from extract.hub import resolve_weights
+        from cvgl.extract.hub import resolve_weights
 
         self.net = net or load_dinov3(
             cfg.backbone.name,
@@ -139,8 +139,8 @@ class VGGModel(ExtractModel):
     """VGG16's conv stack: several layers in one pass; pooled descriptors or the spatial maps."""
 
     def __init__(self, cfg: Config, device: torch.device, dtype: str) -> None:
-        from extract.hub import resolve_weights
-        from extract.vgg16 import load_vgg16
+        from cvgl.extract.hub import resolve_weights
+        from cvgl.extract.vgg16 import load_vgg16
 
         self.cfg = cfg
         self.device = device
@@ -156,7 +156,7 @@ class VGGModel(ExtractModel):
         self._features = torch.compile(stack) if self.compiled else stack
 
     def _pool(self, maps: torch.Tensor) -> torch.Tensor:
-        from extract.pooling import pool_maps
+        from cvgl.extract.pooling import pool_maps
 
         p = self.cfg.pooling
         if p.name == "none":
@@ -171,7 +171,7 @@ class VGGModel(ExtractModel):
             return {L: self._pool(maps[L]) for L in self.layers}
 
     def row_shape(self, layer: Layer, image_size: tuple[int, int] | None) -> tuple[int, ...]:
-        from extract.vgg16 import CONV_SHAPES, LAYER_END
+        from cvgl.extract.vgg16 import CONV_SHAPES, LAYER_END
 
         end = LAYER_END[str(layer)]
         channels = CONV_SHAPES[max(i for i in CONV_SHAPES if i <= end)][1]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 POOLINGS: tuple[str, ...] = ("gem", "avg", "max", "cls")
 """Pooling methods by name."""

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cache.keys import content_key
-from cache.store import CacheStore
-from configs.errors import UserError
-from configs.naming import dataset_views
-from configs.schema import Config
-from extract.datasets import ImageList, list_images
+from cvgl.core.keys import content_key
+from cvgl.cache.store import CacheStore
+from cvgl.core.errors import UserError
+from cvgl.datasets.naming import dataset_views
+from cvgl.configs.schema import Config
+from cvgl.datasets.layouts import ImageList, list_images
 
 
 def dataset_root(cfg: Config, store: CacheStore) -> Path:
     """The dataset folder; the synthetic layout is generated (once, deterministically) on demand."""
     ds = cfg.dataset
     if ds.layout == "synthetic":
-        from extract.synthetic import make_synthetic_u1652, synthetic_summary
+        from cvgl.datasets.synthetic import make_synthetic_u1652, synthetic_summary
 
         params = {
             "n_locations": ds.synthetic.n_locations,

@@ -38,13 +38,13 @@ from typing import Any
 
 import torch
 
-from cache.keys import content_key, image_list_digest
-from cache.store import CacheStore, EntryWriter
-from configs.errors import UserError
-from configs.schema import Config
-from extract.datasets import ImageList, write_semi_positives
-from extract.distributed import Ranks, launch_torchrun, rank_device, ranks_from_env
-from extract.keys import (
+from cvgl.core.keys import content_key, image_list_digest
+from cvgl.cache.store import CacheStore, EntryWriter
+from cvgl.core.errors import UserError
+from cvgl.configs.schema import Config
+from cvgl.datasets.layouts import ImageList, write_semi_positives
+from cvgl.extract.distributed import Ranks, launch_torchrun, rank_device, ranks_from_env
+from cvgl.extract.keys import (
     Layer,
     Preprocess,
     backbone_identity,
@@ -53,9 +53,9 @@ from extract.keys import (
     entry_spec,
     view_preprocess,
 )
-from extract.models import ExtractModel, build_model, choose_batch_size, compute_dtype
-from extract.roots import image_lists
-from extract.writer import Batch, ShardSink, WriterThread
+from cvgl.extract.models import ExtractModel, build_model, choose_batch_size, compute_dtype
+from cvgl.extract.roots import image_lists
+from cvgl.extract.writer import Batch, ShardSink, WriterThread
 
 ProgressFn = Callable[[str, int, int], None]  # (description, done, total)
 
@@ -125,7 +125,7 @@ def _check_row_shapes(
 ) -> None:
     """Refuse, before anything is computed, images whose rows would not fit their entry's shape
     (conv maps take their shape from the input size; pooled descriptors never do)."""
-    from extract.datasets import display_name
+    from cvgl.datasets.layouts import display_name
 
     first: dict[Any, int] = {}
     for i, size in sizes.items():
@@ -354,7 +354,7 @@ def _compute_shards(
     progress: ProgressFn | None,
 ) -> ShardSink:
     """Run the backbone over ``shards`` of one list and write them; returns the sink (for its stats)."""
-    from extract.images import ImageDataset, iter_batches
+    from cvgl.extract.images import ImageDataset, iter_batches
 
     desc = f"extract {images.view}"
     dataset = ImageDataset(

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache.store import EntryWriter
-from extract.datasets import ImageList
-from extract.keys import Layer
+from cvgl.cache.store import EntryWriter
+from cvgl.datasets.layouts import ImageList
+from cvgl.extract.keys import Layer
 
 #: Batches queued between the compute loop and the writer thread.
 WRITER_QUEUE = 4

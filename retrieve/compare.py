@@ -19,8 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from configs.atomic import write_text_atomic
-from configs.errors import UserError
+from cvgl.core.atomic import write_text_atomic
+from cvgl.core.errors import UserError
 
 MD_FILE = "comparison.md"
 CSV_FILE = "comparison.csv"

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 if TYPE_CHECKING:
-    from cache.store import CacheStore, Entry
+    from cvgl.cache.store import CacheStore, Entry
 
 EARTH_RADIUS_KM = 6378.137  # DenseUAV's latlog2meter (the WGS-84 equatorial radius)
 DENSEUAV_GPS_FILE = "Dense_GPS_ALL.txt"
@@ -180,8 +180,8 @@ def geo_metrics(
 def load_semi_positives(store: CacheStore, entry: Entry) -> np.ndarray | None:
     """VIGOR semi-positives of ``entry``'s rows (int64 ``[n, 3]`` gallery labels), from its own
     ``semi_positives.h5`` or, for aligned entries, from the entry it was computed from; None if none."""
-    from cache.manifest import read_manifest
-    from extract.datasets import read_semi_positives
+    from cvgl.cache.manifest import read_manifest
+    from cvgl.datasets.layouts import read_semi_positives
 
     manifest = entry.manifest
     key = entry.key

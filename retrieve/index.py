@@ -12,7 +12,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 # faiss' GPU brute-force search returns at most this many neighbours per query.
 GPU_MAX_K = 2048

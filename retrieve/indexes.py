@@ -48,12 +48,12 @@ from typing import Any
 import faiss
 import numpy as np
 
-from cache.keys import canonical_json, content_key, file_sha256
-from cache.manifest import Manifest, read_manifest
-from cache.store import CacheStore, Entry
-from configs.atomic import atomic_path, write_json_atomic
-from configs.errors import UserError
-from retrieve.index import GPU_MAX_K, gpu_available
+from cvgl.core.keys import canonical_json, content_key, file_sha256
+from cvgl.cache.manifest import Manifest, read_manifest
+from cvgl.cache.store import CacheStore, Entry
+from cvgl.core.atomic import atomic_path, write_json_atomic
+from cvgl.core.errors import UserError
+from cvgl.retrieve.index import GPU_MAX_K, gpu_available
 
 KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 INDEX_FILE = "index.faiss"
@@ -543,7 +543,7 @@ def open_or_build(
                 )
                 status = f"rebuilt ({problem})"
         if d.exists() or d.is_symlink():
-            from cache.store import safe_rmtree
+            from cvgl.cache.store import safe_rmtree
 
             safe_rmtree(store.root, d)  # never follows stored text or a link out of the cache
         index, build = build_index(
@@ -647,7 +647,7 @@ def stale_indexes(store: CacheStore) -> list[tuple[Path, str]]:
 
 def gc_indexes(store: CacheStore) -> list[str]:
     """Remove the indexes :func:`stale_indexes` lists; returns one line per removed index."""
-    from cache.store import safe_rmtree
+    from cvgl.cache.store import safe_rmtree
 
     removed = []
     for d, why in stale_indexes(store):

@@ -60,8 +60,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from configs.devices import resolve_device
-from configs.errors import UserError
+from cvgl.core.devices import resolve_device
+from cvgl.core.errors import UserError
 
 # The rank/AP protocols (u1652's full-ranking family), and every protocol including Sample4Geo's
 # VIGOR evaluation, which reports a hit rate instead of AP.

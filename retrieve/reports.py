@@ -24,7 +24,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from configs.atomic import atomic_path, write_text_atomic
+from cvgl.core.atomic import atomic_path, write_text_atomic
 
 CORRECT_COLOR = "#00b400"
 WRONG_COLOR = "#e00000"

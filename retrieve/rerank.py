@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 # Pairs (query entry, gallery entry sharing a column) handled per bincount in the Jaccard step.
 _PAIRS_PER_STEP = 1 << 23

@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from cache.manifest import Manifest, read_manifest
-from cache.store import CacheStore, Entry
-from configs.atomic import atomic_path, write_json_atomic
-from configs.devices import resolve_device
-from configs.errors import UserError
-from configs.naming import default_retrieval_pair
-from configs.run import RunFolder
-from configs.schema import Config
-from retrieve.indexes import l2_normalize_rows
-from retrieve.metrics import QueryResults
+from cvgl.cache.manifest import Manifest, read_manifest
+from cvgl.cache.store import CacheStore, Entry
+from cvgl.core.atomic import atomic_path, write_json_atomic
+from cvgl.core.devices import resolve_device
+from cvgl.core.errors import UserError
+from cvgl.datasets.naming import default_retrieval_pair
+from cvgl.core.run_folder import RunFolder
+from cvgl.configs.schema import Config
+from cvgl.retrieve.indexes import l2_normalize_rows
+from cvgl.retrieve.metrics import QueryResults
 
 DEFAULT_TOPK = 10
 METRICS_SOURCE = "exact: retrieve.metrics, ranks of every positive over the whole gallery"
@@ -87,7 +87,7 @@ def run_retrieval(
     """
     out_dir = out_dir or run.path
     out_dir.mkdir(parents=True, exist_ok=True)
-    from retrieve.metrics import evaluate_streaming
+    from cvgl.retrieve.metrics import evaluate_streaming
 
     rc = cfg.retrieve
     if query is None or gallery is None:
@@ -116,11 +116,11 @@ def run_retrieval(
         raise UserError(f"gallery {gallery} has only junk items (label -1); nothing can be retrieved")
     topk = resolve_topk(rc.topk, n_rankable, gallery)
     if rc.geo:
-        from retrieve.geo import geo_topk
+        from cvgl.retrieve.geo import geo_topk
 
         topk = geo_topk(rc.topk, topk, ks, n_rankable)
     if rc.rerank == "k_reciprocal":
-        from retrieve.rerank import check_rerank_size
+        from cvgl.retrieve.rerank import check_rerank_size
 
         check_rerank_size(qe.count, ge.count, rc.rerank_max_items)  # before the expensive pass
     # Retrieval computes the same numbers on the CPU: CUDA asked for but missing warns, then falls back.
@@ -132,14 +132,14 @@ def run_retrieval(
     q_desc = l2_normalize_rows(q_desc, f"query set {query}")
     n_views = q_desc.shape[0]
     if rc.multi_query:  # University-1652's multi-query: one query per location (retrieve/submission.py)
-        from retrieve.submission import multi_query
+        from cvgl.retrieve.submission import multi_query
 
         if protocol == "cvft":
             raise UserError("retrieve.multi_query needs labelled locations; it does not apply to protocol=cvft")
         q_desc, q_labels, q_names = multi_query(q_desc, q_labels, q_names)
     answer_order = None
     if rc.answer:  # checked before the expensive pass: a wrong order file fails fast
-        from retrieve.submission import ANSWER_TOPK, answer_rows
+        from cvgl.retrieve.submission import ANSWER_TOPK, answer_rows
 
         if topk < min(ANSWER_TOPK, n_rankable):
             raise UserError(
@@ -150,7 +150,7 @@ def run_retrieval(
 
     semi, positions = None, None
     if protocol == "vigor" or rc.geo:  # read before the expensive pass: a missing one fails fast
-        from retrieve import geo
+        from cvgl.retrieve import geo
 
         if protocol == "vigor":
             semi = geo.semi_positives_for(cfg, store, qe, query)
@@ -201,11 +201,11 @@ def run_retrieval(
     if rc.multi_query:
         metrics["multi_query"] = {"views": int(n_views), "queries": int(q_desc.shape[0])}
     if answer_order is not None:
-        from retrieve.submission import answer_path, write_answer
+        from cvgl.retrieve.submission import answer_path, write_answer
 
         metrics["answer"] = str(write_answer(answer_path(rc.answer, out_dir), answer_order, lists[0], g_names))
     if positions is not None:  # from the exact (or re-ranked) lists, like every other metric
-        from retrieve.geo import geo_metrics
+        from cvgl.retrieve.geo import geo_metrics
 
         metrics.update(
             geo_metrics(*positions, final.topk, ks, scale=rc.sdm_scale, ma_metres=rc.ma_metres)
@@ -247,7 +247,7 @@ def _ann_lists(
     progress: Callable[[str, int, int], None] | None,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """Top-K lists from the cached ANN index, and its recall against the exact lists."""
-    from retrieve.indexes import IndexParams, open_or_build, recall_vs_exact, search, to_gpu
+    from cvgl.retrieve.indexes import IndexParams, open_or_build, recall_vs_exact, search, to_gpu
 
     rc = cfg.retrieve
     served = open_or_build(
@@ -297,8 +297,8 @@ def _rerank(
     device: str,
 ) -> tuple[QueryResults, dict[str, Any]]:
     """k-reciprocal re-ranking; exact ranks from the re-ranked distance matrix."""
-    from retrieve.metrics import evaluate_scores
-    from retrieve.rerank import k_reciprocal_distance
+    from cvgl.retrieve.metrics import evaluate_scores
+    from cvgl.retrieve.rerank import k_reciprocal_distance
 
     rc = cfg.retrieve
     g_desc = l2_normalize_rows(ge.read()[0], f"gallery {ge.label}")
@@ -338,7 +338,7 @@ def _write_reports(
     curves: list[tuple[str, np.ndarray]],
     n_rankable: int,
 ) -> dict[str, str]:
-    from retrieve.reports import ReportData, correct_matrix, curves_for, write_html_report, write_recall_png
+    from cvgl.retrieve.reports import ReportData, correct_matrix, curves_for, write_html_report, write_recall_png
 
     rc = cfg.retrieve
     title = f"{metrics['query']} → {metrics['gallery']} ({metrics['protocol']})"

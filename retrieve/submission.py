@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from configs.atomic import atomic_path
-from configs.errors import UserError
+from cvgl.core.atomic import atomic_path
+from cvgl.core.errors import UserError
 
 ANSWER_TOPK = 10
 

@@ -23,17 +23,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from align.geoalign import Stream1Config
-from align.geoalign_release import load_stream1
-from align.isms import ISMS, isms_input
-from align.runner import run_alignment
-from align.synthetic import CrossViewWorld, WorldConfig, align_overrides, write_cache
-from cache.manifest import read_manifest, write_manifest
-from cache.shards import sum64
-from cache.store import CacheStore
-from configs.errors import UserError
-from configs.run import RunFolder
-from configs.schema import load_config
+from cvgl.align.geoalign import Stream1Config
+from cvgl.align.geoalign_release import load_stream1
+from cvgl.align.isms import ISMS, isms_input
+from cvgl.align.runner import run_alignment
+from cvgl.align.synthetic import CrossViewWorld, WorldConfig, align_overrides, write_cache
+from cvgl.cache.manifest import read_manifest, write_manifest
+from cvgl.cache.shards import sum64
+from cvgl.cache.store import CacheStore
+from cvgl.core.errors import UserError
+from cvgl.core.run_folder import RunFolder
+from cvgl.configs.schema import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "syn"
@@ -246,7 +246,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, method, m
 def _cli(*args: str, cache: Path, cwd: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--quiet", *args],
+        [sys.executable, "-m", "cvgl.pipeline", "--quiet", *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

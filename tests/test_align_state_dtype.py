@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-import align.train_stream1 as train_stream1
-from align.runner import run_alignment
-from align.synthetic import CrossViewWorld, WorldConfig, align_overrides, write_cache
-from cache.store import CacheStore
-from configs.run import RunFolder
-from configs.schema import load_config
+import cvgl.align.train_stream1 as train_stream1
+from cvgl.align.runner import run_alignment
+from cvgl.align.synthetic import CrossViewWorld, WorldConfig, align_overrides, write_cache
+from cvgl.cache.store import CacheStore
+from cvgl.core.run_folder import RunFolder
+from cvgl.configs.schema import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "syn"
@@ -143,7 +143,7 @@ def test_pipeline_align_unknown_dtype_is_one_line_exit_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(store.root), "OMP_NUM_THREADS": "1"}
     args = [*align_overrides(NAME, LAYERS), *TINY, "method=geoalign", "align.dtype=float16"]
     res = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--quiet", "align", *args, f"out={tmp_path / 'run'}"],
+        [sys.executable, "-m", "cvgl.pipeline", "--quiet", "align", *args, f"out={tmp_path / 'run'}"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -38,7 +38,7 @@ COMMON = [
 def _cli(*args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "--quiet", *args],
+        [sys.executable, "-m", "cvgl.pipeline", "--quiet", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -56,7 +56,7 @@ def _descriptors(n: int, salt: int) -> np.ndarray:
 
 def _import(tmp: Path, store, alias: str, desc: np.ndarray, labels: np.ndarray, images: str) -> None:
     """``pipeline cache import`` of .npy descriptors, labels and a names file (its function, in-process)."""
-    from cache.importers import import_npy
+    from cvgl.cache.importers import import_npy
 
     stem = alias.replace("@", "_")
     np.save(tmp / f"{stem}.npy", desc)
@@ -69,7 +69,7 @@ def _import(tmp: Path, store, alias: str, desc: np.ndarray, labels: np.ndarray, 
 
 def _conv_maps(cache: Path) -> None:
     """Ground [8, 3, 13] and aerial [8, 6, 6] conv maps, 16 pairs, under fixed specs."""
-    from cache.store import CacheStore
+    from cvgl.cache.store import CacheStore
 
     store = CacheStore(cache)
     n = 16
@@ -91,7 +91,7 @@ def _conv_maps(cache: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    from cache.store import CacheStore
+    from cvgl.cache.store import CacheStore
 
     tmp = tmp_path_factory.mktemp("pinned")
     cache = tmp / "cache"

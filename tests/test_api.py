@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline
-from configs.console import PlainProgress
+from cvgl import pipeline
+from cvgl.core.console import PlainProgress
 from tests.test_pipeline_cli import ROOT, TINY, cli, one_error_line
 
 
@@ -178,7 +178,7 @@ def _loud(*args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
     for var in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
         env.pop(var, None)
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
+        [sys.executable, "-m", "cvgl.pipeline", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs.atomic import atomic_path, write_json_atomic, write_text_atomic
-from configs.errors import UserError
+from cvgl.core.atomic import atomic_path, write_json_atomic, write_text_atomic
+from cvgl.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cache.importers import export_entry, import_any
-from cache.keys import canonical_json, content_key, image_list_digest
-from cache.store import CacheStore
-from configs.errors import UserError
+from cvgl.cache.importers import export_entry, import_any
+from cvgl.core.keys import canonical_json, content_key, image_list_digest
+from cvgl.cache.store import CacheStore
+from cvgl.core.errors import UserError
 
 
 def _rows(n, d=8, seed=0):

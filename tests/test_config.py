@@ -2,9 +2,9 @@
 
 import pytest
 
-from configs import resolve_config_path, shipped_configs
-from configs.errors import UserError
-from configs.schema import Config, load_config
+from cvgl.configs import resolve_config_path, shipped_configs
+from cvgl.core.errors import UserError
+from cvgl.configs.schema import Config, load_config
 
 
 def test_unknown_key_suggests_closest_valid_key(tmp_path):
@@ -68,7 +68,7 @@ def test_only_rank_zero_keeps_a_run_folder_under_torchrun(tmp_path, monkeypatch)
     import json
     import shutil
 
-    from configs.run import RunFolder
+    from cvgl.core.run_folder import RunFolder
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, [])

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from align.cvft import (
+from cvgl.align.cvft import (
     CVFT,
     FeatureTransport,
     SameConv2d,
@@ -23,9 +23,9 @@ from align.cvft import (
     sinkhorn_log,
     soft_margin_triplet_loss,
 )
-from align.train_cvft import CVFTConfig, encode_aerial, encode_ground, epoch_order, train_cvft
-from configs.errors import UserError
-from extract.synthetic_cvusa import make_synthetic_cvusa, polar_sample_coords
+from cvgl.align.train_cvft import CVFTConfig, encode_aerial, encode_ground, epoch_order, train_cvft
+from cvgl.core.errors import UserError
+from cvgl.datasets.synthetic_cvusa import make_synthetic_cvusa, polar_sample_coords
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 

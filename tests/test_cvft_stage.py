@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from align.runner import run_alignment
-from cache.store import CacheStore
-from configs.errors import UserError
-from configs.run import RunFolder
-from configs.schema import load_config
-from retrieve.runner import run_retrieval
+from cvgl.align.runner import run_alignment
+from cvgl.cache.store import CacheStore
+from cvgl.core.errors import UserError
+from cvgl.core.run_folder import RunFolder
+from cvgl.configs.schema import load_config
+from cvgl.retrieve.runner import run_retrieval
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 

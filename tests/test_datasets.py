@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from configs.errors import UserError
-from extract.datasets import LAYOUTS, ImageList, list_images, unify_label_names, view_pair
-from extract.images import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, collate, iter_batches, parse_resize
+from cvgl.core.errors import UserError
+from cvgl.datasets.layouts import LAYOUTS, ImageList, list_images, unify_label_names, view_pair
+from cvgl.extract.images import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, collate, iter_batches, parse_resize
 
 
 def _save(path: Path, img: Image.Image, **kw) -> Path:

@@ -11,12 +11,12 @@ import scipy.io
 import torch
 from PIL import Image
 
-from configs.errors import UserError
-from configs.naming import dataset_views
-from configs.schema import load_config
-from extract.datasets import list_images, view_pair
-from extract.images import ImageDataset
-from extract.keys import view_preprocess
+from cvgl.core.errors import UserError
+from cvgl.datasets.naming import dataset_views
+from cvgl.configs.schema import load_config
+from cvgl.datasets.layouts import list_images, view_pair
+from cvgl.extract.images import ImageDataset
+from cvgl.extract.keys import view_preprocess
 
 
 def _img(path: Path, seed: int, size: tuple[int, int] = (12, 8), mode: str = "RGB") -> Path:
@@ -77,8 +77,8 @@ def test_sues200_errors_name_the_fix(sues: Path):
 
 
 def test_sues200_config_through_the_runner(sues: Path, tmp_path: Path):
-    from cache.store import CacheStore
-    from extract.roots import image_lists
+    from cvgl.cache.store import CacheStore
+    from cvgl.extract.roots import image_lists
 
     cfg = load_config(None, ["layout=sues200", f"root={sues}", "dataset.altitude=300"])
     lists = image_lists(cfg, CacheStore(tmp_path / "c"))
@@ -217,7 +217,7 @@ def test_cvact_release_layout_and_errors(tmp_path: Path):
 
 
 def test_u1652_flat_distractor_folder_reads_distractor_label(tmp_path: Path):
-    from extract.datasets import DISTRACTOR
+    from cvgl.datasets.layouts import DISTRACTOR
 
     root = tmp_path / "University-Release"
     _img(root / "test" / "gallery_satellite" / "0001" / "0001.jpg", 1)
@@ -243,8 +243,8 @@ def test_u1652_flat_distractor_folder_reads_distractor_label(tmp_path: Path):
 
 def test_distractors_count_as_negatives_and_junk_does_not():
     """A 160k-gallery distractor scored above the true tile costs the query its R@1; junk (-1) is removed."""
-    from extract.datasets import DISTRACTOR
-    from retrieve.metrics import evaluate
+    from cvgl.datasets.layouts import DISTRACTOR
+    from cvgl.retrieve.metrics import evaluate
 
     q = np.array([[1.0, 0.0]], np.float32)
     g = np.array([[0.6, 0.8], [0.9, np.sqrt(1 - 0.81)]], np.float32)  # true tile 0.6, other tile 0.9
@@ -266,7 +266,7 @@ def test_distractors_count_as_negatives_and_junk_does_not():
 def test_any_mode_becomes_rgb_through_the_cvft_recipe(tmp_path: Path, mode: str):
     """Every Pillow mode reaches the network as 3-channel input, also through CVFT's preprocessing
     (area resize to 112×616, BGR 0..255 minus CVFT's means), which must equal extract.vgg16's own."""
-    from extract.vgg16 import CVFT_GROUND_SIZE, preprocess
+    from cvgl.extract.vgg16 import CVFT_GROUND_SIZE, preprocess
 
     ext = "tif" if mode == "CMYK" else "png"
     path = _img(tmp_path / "0" / f"a.{ext}", 3, (224, 56), mode)
@@ -302,8 +302,8 @@ def test_cvft_sizes_per_view_and_explicit_overrides():
 def test_distractor_lists_get_their_own_cache_key(tmp_path: Path):
     """Keys cover names, not labels: a 160k gallery cached when its tiles were junk (-1) must not be
     reused now that they are distractors (-2); lists without distractors keep their keys."""
-    from extract.datasets import DISTRACTOR, ImageList
-    from extract.keys import entry_spec
+    from cvgl.datasets.layouts import DISTRACTOR, ImageList
+    from cvgl.extract.keys import entry_spec
 
     cfg = load_config(None, [])
     names = ("test/gallery_satellite/0001/a.jpg", "test/gallery_satellite/x.jpg")
@@ -317,8 +317,8 @@ def test_distractor_lists_get_their_own_cache_key(tmp_path: Path):
 
 
 def test_a_distractor_query_matches_nothing():
-    from extract.datasets import DISTRACTOR
-    from retrieve.metrics import evaluate
+    from cvgl.datasets.layouts import DISTRACTOR
+    from cvgl.retrieve.metrics import evaluate
 
     q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
     g = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)

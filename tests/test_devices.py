@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cache.store import CacheStore
-from configs.devices import resolve_device
-from configs.errors import UserError
+from cvgl.cache.store import CacheStore
+from cvgl.core.devices import resolve_device
+from cvgl.core.errors import UserError
 from tests.test_pipeline_cli import cli, one_error_line
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configs.errors import UserError
-from extract.dinov3 import FACETS, VARIANTS, load_dinov3, meta_intermediate_size, resolve_variant
+from cvgl.core.errors import UserError
+from cvgl.extract.dinov3 import FACETS, VARIANTS, load_dinov3, meta_intermediate_size, resolve_variant
 
 # Tiny versions: one GELU-MLP variant, one SwiGLU variant, and the 7B layout (no qkv bias, SwiGLU
 # aligned to 64). Widths keep head_dim a multiple of 4 as RoPE needs.

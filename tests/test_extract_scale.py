@@ -12,15 +12,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import extract.runner as runner
-from cache.keys import content_key
-from cache.store import CacheStore, EntryWriter
-from configs.errors import UserError
-from configs.schema import load_config
-from extract.distributed import Ranks
-from extract.models import AUTO_BATCH_CPU, build_model, choose_batch_size, probe_batch_size
-from extract.roots import image_lists
-from extract.writer import WRITER_QUEUE, ShardSink, WriterThread
+import cvgl.extract.runner as runner
+from cvgl.core.keys import content_key
+from cvgl.cache.store import CacheStore, EntryWriter
+from cvgl.core.errors import UserError
+from cvgl.configs.schema import load_config
+from cvgl.extract.distributed import Ranks
+from cvgl.extract.models import AUTO_BATCH_CPU, build_model, choose_batch_size, probe_batch_size
+from cvgl.extract.roots import image_lists
+from cvgl.extract.writer import WRITER_QUEUE, ShardSink, WriterThread
 
 # A tiny random DINOv3 (2 blocks, width 32) on 32×32 images: 4 patches, milliseconds per batch.
 TINY = [
@@ -227,7 +227,7 @@ def test_few_hundred_images_memory_stays_one_shard_per_layer(tmp_path, monkeypat
     net = build_model(cfg, torch.device("cpu"), "float32").net
     e = store.open("t@1")
     got, labels, names = e.read()
-    from extract.images import ImageDataset
+    from cvgl.extract.images import ImageDataset
 
     images = image_lists(cfg, store)[0]
     ds = ImageDataset(images, resize=32)
@@ -291,7 +291,7 @@ def test_corrupt_image_stops_with_its_path_then_skip_bad_goes_on(tmp_path):
 def test_wrong_weights_name_expected_and_found_shapes(tmp_path):
     from safetensors.torch import save_file
 
-    from extract.dinov3 import load_dinov3
+    from cvgl.extract.dinov3 import load_dinov3
 
     root = _folder(tmp_path / "ds", 4)
     small = load_dinov3("dinov3_vits16", arch_overrides={"depth": 2, "hidden_size": 32, "num_heads": 2})
@@ -337,7 +337,7 @@ def test_facets_with_and_without_cls_through_pooling(tmp_path, facet):
     assert {e.key for e in plain}.isdisjoint(e.key for e in cls)  # the option is in the key
     cfg = _cfg(root)
     net = build_model(cfg, torch.device("cpu"), "float32").net
-    from extract.images import ImageDataset
+    from cvgl.extract.images import ImageDataset
 
     x = torch.stack([ImageDataset(image_lists(cfg, store)[0], resize=32)[i][1] for i in range(6)])
     t = net.forward_layers(x, [1], facet=facet)[1]  # [6, 1 + 4 registers + 4 patches, 32]
@@ -352,7 +352,7 @@ def test_facets_with_and_without_cls_through_pooling(tmp_path, facet):
 
 
 def test_vgg16_pooled_descriptors_and_conv_maps(tmp_path):
-    from extract.vgg16 import CVFT_AERIAL_SIZE, CVFT_GROUND_SIZE, load_vgg16
+    from cvgl.extract.vgg16 import CVFT_AERIAL_SIZE, CVFT_GROUND_SIZE, load_vgg16
 
     root = _folder(tmp_path / "ds", 5)
     store = CacheStore(tmp_path / "c")
@@ -366,7 +366,7 @@ def test_vgg16_pooled_descriptors_and_conv_maps(tmp_path):
     entries = runner.run_extraction(cfg, store)
     assert [e.alias for e in entries] == ["m@conv4_3", "m@conv5_3"]
     net = load_vgg16(seed=0)
-    from extract.images import ImageDataset
+    from cvgl.extract.images import ImageDataset
 
     x = torch.stack([ImageDataset(image_lists(cfg, store)[0], resize=32)[i][1] for i in range(5)])
     torch.testing.assert_close(

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import scipy.io
 
-from cache.store import CacheStore
+from cvgl.cache.store import CacheStore
 from tests.test_pipeline_cli import cli, one_error_line
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align.baselines import EMCVGLConfig, paired_drones, train_emcvgl, train_supervised
-from align.geoalign import GeoAlignStream1, Stream1Config
-from align.optim import CAdamW, WarmupCosine, warmup_cosine_factor
-from align.train_stream1 import train_stream1
-from configs.errors import UserError
+from cvgl.align.baselines import EMCVGLConfig, paired_drones, train_emcvgl, train_supervised
+from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
+from cvgl.align.optim import CAdamW, WarmupCosine, warmup_cosine_factor
+from cvgl.align.train_stream1 import train_stream1
+from cvgl.core.errors import UserError
 
 SMALL = dict(out_dim=32, vec_dim=64, num_experts=4, top_k=2, num_chunks=8, nhead=2)
 
@@ -376,7 +376,7 @@ def test_baselines_train_and_describe():
 
 def test_isometric_init_keeps_the_backbone_geometry_and_default_init_does_not():
     """An untrained adapter must rank like raw descriptors: the first pseudo-labels depend on it."""
-    from align.synthetic import CrossViewWorld
+    from cvgl.align.synthetic import CrossViewWorld
 
     data = CrossViewWorld(dim=32, seed=3).sample(60, 5, seed=4)
     sat = torch.from_numpy(data.satellite[28])
@@ -417,7 +417,7 @@ def test_curriculum_anneals_over_its_fraction_then_holds():
 
 def test_reliability_runs_on_the_chosen_score():
     """match_on=similarity keeps the mutual nearest neighbours of the cosines, plan those of the plan."""
-    from align.losses import reliable_matches, sinkhorn, stream1_loss
+    from cvgl.align.losses import reliable_matches, sinkhorn, stream1_loss
 
     sat, sl, dro, dl = synthetic(n_sat=24, per=3, dim=32)
     torch.manual_seed(0)
@@ -451,7 +451,7 @@ def test_reliability_runs_on_the_chosen_score():
 
 
 def test_curriculum_span_never_skips_the_curriculum():
-    from align.train_stream1 import curriculum_span
+    from cvgl.align.train_stream1 import curriculum_span
 
     assert curriculum_span(0.3, 300) == 90 and curriculum_span(0.3, 10) == 3
     assert curriculum_span(0.3, 4) == 2 and curriculum_span(0.3, 2) == 2 and curriculum_span(0.3, 1) == 1

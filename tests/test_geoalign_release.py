@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from align.geoalign import GeoAlignStream1, Stream1Config
-from align.geoalign_release import (
+from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
+from cvgl.align.geoalign_release import (
     export_stream1,
     isms_layers_from_name,
     load_isms,
     load_stream1,
     release_descriptors,
 )
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 OUT, VEC, E, CHUNKS, HEADS = 24, 48, 3, 6, 2  # deliberately not the release sizes
 C = VEC // CHUNKS

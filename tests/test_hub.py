@@ -20,7 +20,7 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _save_weights(folder: Path, seed: int) -> None:
-    from extract.dinov3 import load_dinov3
+    from cvgl.extract.dinov3 import load_dinov3
 
     load_dinov3("dinov3_vits16", None, seed=seed, arch_overrides=ARCH).model.save_pretrained(folder)
 
@@ -76,7 +76,7 @@ def test_hub_id_resolves_from_offline_cache_and_keys_like_the_same_local_folder(
     keys = _keys(tmp_path / "from_hub")
     assert keys and keys == _keys(tmp_path / "local")
     # The key holds the digest of the checkpoint the id resolved to, not a random-init seed.
-    from cache.keys import weights_digest
+    from cvgl.core.keys import weights_digest
 
     for key in keys:
         spec = json.loads((cache / "entries" / key / "manifest.json").read_text())["spec"]
@@ -135,7 +135,7 @@ def test_gated_hub_repo_says_to_log_in_in_one_line(tmp_path, gated_hub):
 
 
 def test_existing_local_path_shaped_like_a_hub_id_stays_a_path(tmp_path, monkeypatch):
-    from extract.hub import is_hub_id, resolve_weights
+    from cvgl.extract.hub import is_hub_id, resolve_weights
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "org" / "name").mkdir(parents=True)

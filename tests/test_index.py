@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from configs.errors import UserError
-from retrieve.index import add_chunks, build_flat_index, gpu_available, search
-from retrieve.metrics import evaluate
+from cvgl.core.errors import UserError
+from cvgl.retrieve.index import add_chunks, build_flat_index, gpu_available, search
+from cvgl.retrieve.metrics import evaluate
 
 
 def _data(n_q=20, n_g=300, d=16, seed=0):

@@ -45,7 +45,7 @@ def _checkpoint(folder: Path) -> Path:
     import torch
     from safetensors.numpy import save_file
 
-    from extract.dinov3 import load_dinov3
+    from cvgl.extract.dinov3 import load_dinov3
 
     net = load_dinov3("dinov3_vits16", None, seed=0, arch_overrides={
         "depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
@@ -78,7 +78,7 @@ def _extract(tmp_path: Path, *overrides: str) -> dict[str, str]:
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "pipeline", "--quiet", "extract", "demo",
+        sys.executable, "-m", "cvgl.pipeline", "--quiet", "extract", "demo",
         "layout=folder", f"root={tmp_path / 'images'}", "alias=pin", "name=pin",
         "backbone.name=dinov3_vits16", TINY_ARCH, "backbone.layers=[0,1]", "preprocess.resize=32",
         "extract.batch_size=2", "extract.shard_rows=4", *overrides, f"out={tmp_path / 'run'}",

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align.losses import (
+from cvgl.align.losses import (
     MIN_MUTUAL,
     Matches,
     bidirectional_distillation,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from configs.errors import UserError
-from retrieve.metrics import (
+from cvgl.core.errors import UserError
+from cvgl.retrieve.metrics import (
     PROTOCOLS,
     QueryResults,
     count_greater,

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from cache.store import CacheStore
+from cvgl.cache.store import CacheStore
 from tests.test_pipeline_cli import cli, one_error_line
 
 # A tiny random DINOv3 (2 blocks, width 32): a few patches per image, milliseconds per batch.

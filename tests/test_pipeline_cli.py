@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.store import CacheStore
+from cvgl.cache.store import CacheStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ TINY = [
 def cli(*args: str, cache: Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "--quiet", *args],
+        [sys.executable, "-m", "cvgl.pipeline", "--quiet", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -110,7 +110,7 @@ def test_missing_dataset_root_is_one_line_and_leaves_no_entry(tmp_path):
 
 
 def _make_u1652(tmp_path: Path) -> Path:
-    from extract.synthetic import make_synthetic_u1652
+    from cvgl.datasets.synthetic import make_synthetic_u1652
 
     root = tmp_path / "u1652"
     make_synthetic_u1652(root, n_locations=6, n_distractors=3, views_per_location=3, size=64, seed=1)
@@ -145,7 +145,7 @@ def test_empty_gallery_is_refused(tmp_path):
 
 def test_kill_mid_extraction_then_rerun_equals_uninterrupted_run(tmp_path):
     root = tmp_path / "u1652"
-    from extract.synthetic import make_synthetic_u1652
+    from cvgl.datasets.synthetic import make_synthetic_u1652
 
     make_synthetic_u1652(root, n_locations=30, n_distractors=2, views_per_location=4, size=64, seed=2)
     args = ["extract", "demo", "dataset.layout=u1652", f"root={root}", *TINY]
@@ -155,7 +155,7 @@ def test_kill_mid_extraction_then_rerun_equals_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(killed), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--quiet", *args],
+        [sys.executable, "-m", "cvgl.pipeline", "--quiet", *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -187,7 +187,7 @@ def test_two_concurrent_extractions_of_one_key_compute_once(tmp_path):
     root = _make_u1652(tmp_path)
     cache = tmp_path / "c"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pipeline", "extract", "demo", "dataset.layout=u1652", f"root={root}", *TINY]
+    cmd = [sys.executable, "-m", "cvgl.pipeline", "extract", "demo", "dataset.layout=u1652", f"root={root}", *TINY]
     procs = [
         subprocess.Popen(
             cmd + [f"out=run{i}"],

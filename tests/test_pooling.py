@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configs.errors import UserError
-from extract.pooling import POOLINGS, pool
+from cvgl.core.errors import UserError
+from cvgl.extract.pooling import POOLINGS, pool
 
 PREFIX = 5  # CLS + 4 registers
 GRID = (3, 4)

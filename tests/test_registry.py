@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs.naming import pair_roles, view_kind
+from cvgl.datasets.naming import pair_roles, view_kind
 from tests.test_pipeline_cli import ROOT, cli, one_error_line
 
 DRIVER = r"""
 import json, sys
 import numpy as np
 import center  # the README's method file: importing it registers align.method=center
-import pipeline
-from cache.importers import import_arrays
-from cache.store import CacheStore
-from configs.errors import UserError
+from cvgl import pipeline
+from cvgl.cache.importers import import_arrays
+from cvgl.cache.store import CacheStore
+from cvgl.core.errors import UserError
 
 store = CacheStore(sys.argv[1])
 rng = np.random.default_rng(0)
@@ -82,7 +82,7 @@ def test_readme_method_example_registers_trains_and_aligns_imported_entries_with
     assert not any(r for *_, r in out["aligned"]) and all(r for *_, r in out["again"])
     assert sorted(k for _, k, _ in out["again"]) == sorted(k for _, k, _, _ in out["aligned"])
 
-    from cache.store import CacheStore
+    from cvgl.cache.store import CacheStore
 
     store = CacheStore(cache)
     raw = {

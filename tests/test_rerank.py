@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from configs.errors import UserError
-from retrieve.metrics import evaluate, evaluate_scores
-from retrieve.rerank import k_reciprocal_distance
+from cvgl.core.errors import UserError
+from cvgl.retrieve.metrics import evaluate, evaluate_scores
+from cvgl.retrieve.rerank import k_reciprocal_distance
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

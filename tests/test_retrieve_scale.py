@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cache.store import CacheStore
-from configs.errors import UserError
-from configs.run import RunFolder
-from configs.schema import load_config
-from retrieve.indexes import (
+from cvgl.cache.store import CacheStore
+from cvgl.core.errors import UserError
+from cvgl.core.run_folder import RunFolder
+from cvgl.configs.schema import load_config
+from cvgl.retrieve.indexes import (
     IndexParams,
     ServedIndex,
     build_index,
@@ -27,8 +27,8 @@ from retrieve.indexes import (
     search,
     stale_indexes,
 )
-from retrieve.metrics import evaluate, evaluate_scores, iter_array_chunks
-from retrieve.runner import run_retrieval
+from cvgl.retrieve.metrics import evaluate, evaluate_scores, iter_array_chunks
+from cvgl.retrieve.runner import run_retrieval
 from tests.test_pipeline_cli import cli, one_error_line
 
 
@@ -253,7 +253,7 @@ def test_cuda_streaming_and_score_matrix_paths_match_cpu():
     q, ql = _clustered(300, d=64, seed=12)
     for protocol in ("u1652", "geoalign"):
         cpu, rc = evaluate(q, ql, g, gl, protocol)
-        from retrieve.metrics import evaluate_streaming
+        from cvgl.retrieve.metrics import evaluate_streaming
 
         gpu, rg = evaluate_streaming(q, ql, iter_array_chunks(g, gl, 700), protocol, device="cuda")
         assert cpu == gpu

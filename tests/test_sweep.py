@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from configs.sweep import build_sweep
+from cvgl.orchestration.sweep_spec import build_sweep
 from tests.test_pipeline_cli import ROOT, TINY, cli, one_error_line
 
 # The pipeline's tiny demo, without the HTML reports (thumbnails are not what a sweep test is about).
@@ -25,7 +25,7 @@ def _sweep(*args: str, cache: Path, cwd: Path) -> tuple[int, str, int]:
     """Run ``pipeline sweep`` as a real process: (exit code, stderr, the sweep process's pid)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--quiet", "sweep", *args],
+        [sys.executable, "-m", "cvgl.pipeline", "--quiet", "sweep", *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -128,7 +128,7 @@ def test_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_path):
     assert full.returncode == 0, full.stderr
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(tmp_path / "c2"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pipeline", "--quiet", "sweep", *args, "out=part"]
+    cmd = [sys.executable, "-m", "cvgl.pipeline", "--quiet", "sweep", *args, "out=part"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "part" / "points" / "000" / "run.json"
     deadline = time.time() + 240

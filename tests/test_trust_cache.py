@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cache.store import CacheStore
+from cvgl.cache.store import CacheStore
 from tests.test_pipeline_cli import TINY, cli, one_error_line
 
 GALLERY = "demo.gallery_satellite@2"
@@ -123,7 +123,7 @@ def test_manifest_count_that_disagrees_with_its_shards_is_refused(cache, tmp_pat
 def test_shard_removed_while_reading_says_the_entry_was_removed(cache, tmp_path):
     # Opening the entry succeeds, then the shards vanish before they are read, as when another
     # process runs `pipeline cache rm` during a retrieval.
-    from configs.errors import UserError
+    from cvgl.core.errors import UserError
 
     store = CacheStore(cache)
     entry = store.open(GALLERY)

@@ -22,7 +22,7 @@ def cli_loud(*args: str, cache: Path, cwd: Path, timeout: float = 300) -> subpro
     """Like ``cli`` but without --quiet: progress bars and messages on, as a user runs it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
+        [sys.executable, "-m", "cvgl.pipeline", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -88,7 +88,7 @@ def test_error_before_any_progress_has_no_blank_line_without_quiet(tmp_path):
 
 
 def test_error_after_progress_bars_ran_is_the_only_line_without_quiet(tmp_path):
-    from extract.synthetic import make_synthetic_u1652
+    from cvgl.datasets.synthetic import make_synthetic_u1652
 
     root = tmp_path / "u1652"
     make_synthetic_u1652(root, n_locations=6, n_distractors=3, views_per_location=3, size=64, seed=1)
@@ -139,14 +139,14 @@ def test_warning_of_a_successful_command_is_one_line(tmp_path):
 
 
 def test_ctrl_c_mid_extraction_exits_130_and_says_how_to_resume(tmp_path):
-    from extract.synthetic import make_synthetic_u1652
+    from cvgl.datasets.synthetic import make_synthetic_u1652
 
     root = tmp_path / "u1652"
     make_synthetic_u1652(root, n_locations=60, n_distractors=2, views_per_location=4, size=64, seed=2)
     cache = tmp_path / "c"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--quiet", "extract", "demo", "dataset.layout=u1652", f"root={root}", *TINY],
+        [sys.executable, "-m", "cvgl.pipeline", "--quiet", "extract", "demo", "dataset.layout=u1652", f"root={root}", *TINY],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

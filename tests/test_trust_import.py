@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cache.store import CacheStore
+from cvgl.cache.store import CacheStore
 from tests.test_pipeline_cli import cli, one_error_line
 
 # A tiny random DINOv3 over 32-pixel images: extraction in seconds, no worker processes.

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from configs.errors import UserError
-from extract.vgg16 import (
+from cvgl.core.errors import UserError
+from cvgl.extract.vgg16 import (
     CVFT_AERIAL_SIZE,
     CVFT_GROUND_SIZE,
     CVFT_MEAN_BGR,
@@ -128,8 +128,8 @@ def test_random_init_is_deterministic_by_seed():
 
 def _conv5_map_size(image_size: tuple[int, int], pool: str = "ceil") -> tuple[int, int]:
     """The conv5_3 map size the extraction stores for an input size (``VGGModel.row_shape``)."""
-    from configs.schema import load_config
-    from extract.models import VGGModel
+    from cvgl.configs.schema import load_config
+    from cvgl.extract.models import VGGModel
 
     cfg = load_config(
         None,
@@ -150,7 +150,7 @@ def test_cvft_input_sizes_give_expected_conv5_maps():
 
 
 def test_pooled_descriptors_are_unit_norm_and_max_is_global_max():
-    from extract.pooling import pool_maps
+    from cvgl.extract.pooling import pool_maps
 
     model = load_vgg16(seed=0)
     x = torch.randn(2, 3, 48, 48)
@@ -174,9 +174,9 @@ def test_pooled_descriptors_are_unit_norm_and_max_is_global_max():
 def test_extraction_model_runs_this_stack_once_for_several_layers(pool):
     """The extraction's VGGModel gives, for every requested layer, this module's maps of that layer
     (pooled with extract.pooling), so the stack tested above is the one that fills the cache."""
-    from configs.schema import load_config
-    from extract.models import VGGModel
-    from extract.pooling import pool_maps
+    from cvgl.configs.schema import load_config
+    from cvgl.extract.models import VGGModel
+    from cvgl.extract.pooling import pool_maps
 
     layers = ["conv3_3", "pool4", "conv5_3"]
     x = torch.randn(2, 3, 40, 72, generator=torch.Generator().manual_seed(1))

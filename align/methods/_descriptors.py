@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from align.inputs import BRANCH, Layers, ViewData
-from configs.schema import Config
+from cvgl.align.inputs import BRANCH, Layers, ViewData
+from cvgl.configs.schema import Config
 
 #: A trained descriptor model: part name → ``(view, branch) -> descriptors``, in the fused column order.
 Encoders = dict[str, Callable[[ViewData, str], torch.Tensor]]

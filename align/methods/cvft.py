@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from align.inputs import EntryRows, MapView
-from align.registry import Method, register
-from align.train_cvft import CVFTConfig, encode_aerial, encode_ground, train_cvft
-from configs.errors import UserError
+from cvgl.align.inputs import EntryRows, MapView
+from cvgl.align.registry import Method, register
+from cvgl.align.train_cvft import CVFTConfig, encode_aerial, encode_ground, train_cvft
+from cvgl.core.errors import UserError
 
 
 def train(job) -> torch.nn.Module:

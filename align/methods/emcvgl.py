@@ -6,9 +6,9 @@ from dataclasses import asdict
 
 import torch
 
-from align.baselines import EMCVGLConfig, train_emcvgl
-from align.methods._descriptors import Encoders, encode_parts, key_params
-from align.registry import Method, register
+from cvgl.align.baselines import EMCVGLConfig, train_emcvgl
+from cvgl.align.methods._descriptors import Encoders, encode_parts, key_params
+from cvgl.align.registry import Method, register
 
 
 def emcvgl_dims(sizes: dict, params: dict) -> dict:

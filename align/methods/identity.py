@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from align.registry import Method, register
+from cvgl.align.registry import Method, register
 
 register(Method("identity", inputs="none", description="raw descriptors; nothing to train"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from align.isms import isms_config_dict, isms_input, train_isms
-from align.methods._descriptors import Encoders, encode_parts, key_params
-from align.registry import Method, register
+from cvgl.align.isms import isms_config_dict, isms_input, train_isms
+from cvgl.align.methods._descriptors import Encoders, encode_parts, key_params
+from cvgl.align.registry import Method, register
 
 
 def train_isms_part(job) -> Encoders:

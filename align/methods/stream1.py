@@ -10,11 +10,11 @@ from dataclasses import asdict
 
 import torch
 
-from align.geoalign import Stream1Config
-from align.methods._descriptors import Encoders, encode_parts, key_params
-from align.methods.isms import train_isms_part
-from align.registry import Method, register
-from configs.errors import UserError
+from cvgl.align.geoalign import Stream1Config
+from cvgl.align.methods._descriptors import Encoders, encode_parts, key_params
+from cvgl.align.methods.isms import train_isms_part
+from cvgl.align.registry import Method, register
+from cvgl.core.errors import UserError
 
 
 def adapter_dims(sizes: dict, params: dict, chunks_default: int = 20, nhead: int = 4) -> dict:
@@ -33,9 +33,9 @@ def adapter_dims(sizes: dict, params: dict, chunks_default: int = 20, nhead: int
 def train_stream1_part(job, *, supervised: bool = False) -> Encoders:
     """Train stream 1 (pseudo-labels, or the true pairs when ``supervised``); checkpoint ``stream1``
     and GeoAlign's ``stream1_geoalign.t``; its encoder."""
-    from align.baselines import train_supervised
-    from align.geoalign_release import export_stream1
-    from align.train_stream1 import train_stream1
+    from cvgl.align.baselines import train_supervised
+    from cvgl.align.geoalign_release import export_stream1
+    from cvgl.align.train_stream1 import train_stream1
 
     s1cfg: Stream1Config = job.params
     layer = job.inputs.layers.stream1

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from configs.diskspace import disk_full_is_user_error
+from cvgl.core.diskspace import disk_full_is_user_error
 
 
 def temp_path(path: Path) -> Path:

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from configs.atomic import write_text_atomic
-from configs.errors import UserError
-from extract.synthetic import generate_atomically, generation_lock, refuse_foreign
+from cvgl.core.atomic import write_text_atomic
+from cvgl.core.errors import UserError
+from cvgl.datasets.synthetic import generate_atomically, generation_lock, refuse_foreign
 
 TRAIN_CSV = "splits/train-19zl.csv"
 VAL_CSV = "splits/val-19zl.csv"

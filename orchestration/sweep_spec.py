@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from configs.errors import UserError
-from configs.schema import SHORTHANDS, Config, SweepConfig, load_config, split_override, to_dict
+from cvgl.core.errors import UserError
+from cvgl.configs.schema import SHORTHANDS, Config, SweepConfig, load_config, split_override, to_dict
 
 # What decides the extracted entries: points equal in these sections share their extraction.
 EXTRACTION_SECTIONS = ("dataset", "backbone", "preprocess", "pooling", "extract")

@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from configs.atomic import atomic_path, write_text_atomic
-from configs.errors import UserError
-from configs.schema import Config, to_dict
-from configs.sweep import Point, Sweep, display
+from cvgl.core.atomic import atomic_path, write_text_atomic
+from cvgl.core.errors import UserError
+from cvgl.configs.schema import Config, to_dict
+from cvgl.orchestration.sweep_spec import Point, Sweep, display
 
 METRICS = ("R@1", "R@5", "R@10", "R@1%", "AP")
 TABLE_FILES = ("sweep.csv", "sweep.md", "sweep_seeds.csv", "sweep.png")
@@ -149,11 +149,11 @@ def run_point(task: PointTask) -> dict[str, Any]:
     """
     import torch
 
-    from align.runner import run_alignment
-    from cache.store import CacheStore
-    from configs.run import RunFolder
-    from extract.runner import run_extraction
-    from retrieve.runner import run_retrieval
+    from cvgl.align.runner import run_alignment
+    from cvgl.cache.store import CacheStore
+    from cvgl.core.run_folder import RunFolder
+    from cvgl.extract.runner import run_extraction
+    from cvgl.retrieve.runner import run_retrieval
 
     torch.set_num_threads(task.threads or _worker_threads(task.host_threads))
     cfg = task.config
@@ -189,8 +189,8 @@ def run_point(task: PointTask) -> dict[str, Any]:
 def _checked(points: list[Point], sweep: Sweep, cache_root: str) -> list[Point]:
     """The points whose align.method and align.params are valid; the others fail now, before any
     extraction, each with its one-line error."""
-    from align.registry import check_config
-    from configs.errors import UserError
+    from cvgl.align.registry import check_config
+    from cvgl.core.errors import UserError
 
     ok = []
     for p in points:
@@ -204,7 +204,7 @@ def _checked(points: list[Point], sweep: Sweep, cache_root: str) -> list[Point]:
 
 def _fail_unstarted(point: Point, sweep: Sweep, cache_root: str, message: str) -> None:
     """Record a point that could not start (its extraction failed) as a failed run in its folder."""
-    from configs.run import RunFolder
+    from cvgl.core.run_folder import RunFolder
 
     _clear_point(point.folder)
     run = RunFolder(point.config, "run", cache_root=Path(cache_root))
@@ -280,8 +280,8 @@ def run_sweep(
         # Connect before any work or any write, so an unreachable scheduler costs nothing.
         client, cluster = _dask_client(sweep, jobs)
     try:
-        from cache.store import CacheStore
-        from extract.runner import run_extraction
+        from cvgl.cache.store import CacheStore
+        from cvgl.extract.runner import run_extraction
 
         store = CacheStore(cache_root)
         root = str(store.root.absolute())
@@ -461,7 +461,7 @@ def write_plot(path: Path, sweep: Sweep, rows: list[dict[str, Any]], metrics: tu
     drawn with Pillow alone, like the recall curves."""
     from PIL import Image, ImageDraw
 
-    from retrieve.reports import _CURVE_COLORS, _font
+    from cvgl.retrieve.reports import _CURVE_COLORS, _font
 
     axes = sweep.axis_keys
     pw, ph = 720, 300

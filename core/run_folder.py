@@ -9,6 +9,7 @@ rerun leaves no earlier metrics beside its ``"failed"`` status.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -22,10 +23,9 @@ from typing import Any
 
 import yaml
 
-from configs.atomic import write_json_atomic, write_text_atomic
-from configs.diskspace import disk_full_is_user_error
-from configs.errors import UserError
-from configs.schema import Config, to_dict
+from cvgl.core.atomic import write_json_atomic, write_text_atomic
+from cvgl.core.diskspace import disk_full_is_user_error
+from cvgl.core.errors import UserError
 
 _PACKAGES = (
     "cvgl-pipeline",
@@ -121,7 +121,7 @@ def _earlier_model_files(folder: Path) -> list[str]:
 class RunFolder:
     """The output folder of one command (``out=DIR``, default ``runs/<stage>-<timestamp>``)."""
 
-    def __init__(self, cfg: Config, stage: str, *, cache_root: Path | None = None) -> None:
+    def __init__(self, cfg: Any, stage: str, *, cache_root: Path | None = None) -> None:
         # Under torchrun (RANK and WORLD_SIZE > 1 set) every rank runs the command; only rank 0 keeps
         # a run folder. The others write theirs to a private temporary folder that finish() deletes
         # (fail() keeps it, with the error in its run.json).
@@ -156,7 +156,7 @@ class RunFolder:
             "versions": versions(),
             "cache_keys": {},
         }
-        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         self._save()
 
     def record_keys(self, keys: dict[str, str]) -> None:

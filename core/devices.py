@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 #: Device types the tool runs on.
 DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda")

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from configs.errors import UserError
+from cvgl.core.errors import UserError
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # How HDF5 and torch word it inside a RuntimeError (they lose the errno attribute on the way).

@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from configs.atomic import fsync_dir, write_text_atomic
-from configs.diskspace import disk_full_is_user_error
-from configs.errors import UserError
+from cvgl.core.atomic import fsync_dir, write_text_atomic
+from cvgl.core.diskspace import disk_full_is_user_error
+from cvgl.core.errors import UserError
 
 # Written at the dataset root: it lets a rerun recognise (and safely replace) its own earlier output,
 # and tells readers whether generation finished ("complete": true is written last).

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from configs.atomic import atomic_path
-from configs.errors import UserError
+from cvgl.core.atomic import atomic_path
+from cvgl.core.errors import UserError
 
 # Lower-case suffixes we decode; anything else in an image folder (thumbnails databases, READMEs,
 # annotation files) is ignored rather than treated as an error.

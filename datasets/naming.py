@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from configs.schema import Config
+from cvgl.configs.schema import Config
 
 
 def dataset_views(cfg: Config) -> list[str]:
@@ -11,7 +11,7 @@ def dataset_views(cfg: Config) -> list[str]:
         return list(cfg.dataset.views)
     if cfg.dataset.layout == "folder":
         return ["images"]
-    from extract.datasets import view_pair
+    from cvgl.datasets.layouts import view_pair
 
     return list(view_pair(cfg.dataset.mode, cfg.dataset.layout))
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from configs.atomic import write_text_atomic
+from cvgl.core.atomic import write_text_atomic
 
 KEY_VERSION = 1  # bump only when the meaning of a spec field changes
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from align.synthetic import WorldConfig, align_overrides, make_splits, write_cache
-from cache.store import CacheStore
+from cvgl.align.synthetic import WorldConfig, align_overrides, make_splits, write_cache
+from cvgl.cache.store import CacheStore
 
 NAME = "demo_world"
 # The benchmark's --tiny world (tests/test_align_benchmark.py): 60 locations × 8 drone views and 30
@@ -77,10 +77,10 @@ def run_descriptor_world(
 def _run_methods(
     store: CacheStore, out: Path, methods: Sequence[str], layers, seed: int, log
 ) -> list[WorldRow]:
-    from align.runner import run_alignment
-    from configs.run import RunFolder
-    from configs.schema import load_config
-    from retrieve.runner import run_retrieval
+    from cvgl.align.runner import run_alignment
+    from cvgl.core.run_folder import RunFolder
+    from cvgl.configs.schema import load_config
+    from cvgl.retrieve.runner import run_retrieval
 
     rows = []
     for method in methods:
