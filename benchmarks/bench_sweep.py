@@ -42,7 +42,7 @@ def _cpu() -> float:
 
 def timed(cmd: list[str], cache: Path, cwd: Path) -> tuple[float, float]:
     """(wall s, CPU s) of one command run to completion; raises if it fails."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache)}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache)}
     c0, t0 = _cpu(), time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - t0, _cpu() - c0

@@ -244,7 +244,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, method, m
 
 
 def _cli(*args: str, cache: Path, cwd: Path, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "cvgl.pipeline", "--quiet", *args],
         cwd=cwd,

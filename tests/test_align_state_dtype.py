@@ -140,7 +140,7 @@ def test_auto_dtype_is_float32_on_a_cpu_without_native_bf16():
 
 def test_pipeline_align_unknown_dtype_is_one_line_exit_2(tmp_path):
     store = make_store(tmp_path / "cache")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(store.root), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(store.root), "OMP_NUM_THREADS": "1"}
     args = [*align_overrides(NAME, LAYERS), *TINY, "method=geoalign", "align.dtype=float16"]
     res = subprocess.run(
         [sys.executable, "-m", "cvgl.pipeline", "--quiet", "align", *args, f"out={tmp_path / 'run'}"],

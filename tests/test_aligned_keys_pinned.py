@@ -36,7 +36,7 @@ COMMON = [
 
 
 def _cli(*args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "cvgl.pipeline", "--quiet", *args],
         cwd=cwd,

@@ -30,7 +30,6 @@ def test_readme_python_api_example_runs_as_written(tmp_path):
     script.write_text(_readme_python_api_example(), encoding="utf-8")
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
         "PIPELINE_CACHE_DIR": str(tmp_path / "default-cache"),
         "OMP_NUM_THREADS": "1",
     }
@@ -174,7 +173,7 @@ def test_load_config_names_the_closest_key_of_a_typo():
 # -- output that is not a terminal --------------------------------------------------------------------
 def _loud(*args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
     """The command line without --quiet, stderr into a pipe as in a CI log."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     for var in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
         env.pop(var, None)
     return subprocess.run(

@@ -76,7 +76,7 @@ _CONFIG = {
 
 def _extract(tmp_path: Path, *overrides: str) -> dict[str, str]:
     cache = tmp_path / "cache"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "cvgl.pipeline", "--quiet", "extract", "demo",
         "layout=folder", f"root={tmp_path / 'images'}", "alias=pin", "name=pin",

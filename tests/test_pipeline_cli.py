@@ -36,7 +36,7 @@ TINY = [
 
 
 def cli(*args: str, cache: Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "cvgl.pipeline", "--quiet", *args],
         cwd=cwd,
@@ -153,7 +153,7 @@ def test_kill_mid_extraction_then_rerun_equals_uninterrupted_run(tmp_path):
     assert cli(*args, cache=clean, cwd=tmp_path).returncode == 0
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(killed), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(killed), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cvgl.pipeline", "--quiet", *args],
         cwd=tmp_path,
@@ -186,7 +186,7 @@ def test_kill_mid_extraction_then_rerun_equals_uninterrupted_run(tmp_path):
 def test_two_concurrent_extractions_of_one_key_compute_once(tmp_path):
     root = _make_u1652(tmp_path)
     cache = tmp_path / "c"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cvgl.pipeline", "extract", "demo", "dataset.layout=u1652", f"root={root}", *TINY]
     procs = [
         subprocess.Popen(

@@ -60,7 +60,7 @@ def _readme_method_example() -> str:
 def test_readme_method_example_registers_trains_and_aligns_imported_entries_without_backbone(tmp_path):
     (tmp_path / "center.py").write_text(_readme_method_example(), encoding="utf-8")
     (tmp_path / "driver.py").write_text(DRIVER, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]), "OMP_NUM_THREADS": "1"}
     cache = tmp_path / "cache"
     p = subprocess.run(
         [sys.executable, "driver.py", str(cache)],

@@ -23,7 +23,7 @@ BASE = ["demo", *TINY, "retrieve.report=false"]
 
 def _sweep(*args: str, cache: Path, cwd: Path) -> tuple[int, str, int]:
     """Run ``pipeline sweep`` as a real process: (exit code, stderr, the sweep process's pid)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cvgl.pipeline", "--quiet", "sweep", *args],
         cwd=cwd,
@@ -127,7 +127,7 @@ def test_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_path):
     full = cli("sweep", *args, "out=full", cache=tmp_path / "c1", cwd=tmp_path)
     assert full.returncode == 0, full.stderr
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(tmp_path / "c2"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "c2"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cvgl.pipeline", "--quiet", "sweep", *args, "out=part"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "part" / "points" / "000" / "run.json"

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli_loud(*args: str, cache: Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Like ``cli`` but without --quiet: progress bars and messages on, as a user runs it."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "cvgl.pipeline", *args],
         cwd=cwd,
@@ -144,7 +144,7 @@ def test_ctrl_c_mid_extraction_exits_130_and_says_how_to_resume(tmp_path):
     root = tmp_path / "u1652"
     make_synthetic_u1652(root, n_locations=60, n_distractors=2, views_per_location=4, size=64, seed=2)
     cache = tmp_path / "c"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cvgl.pipeline", "--quiet", "extract", "demo", "dataset.layout=u1652", f"root={root}", *TINY],
         cwd=tmp_path,

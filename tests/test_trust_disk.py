@@ -23,7 +23,7 @@ RACE = [*TINY, "dataset.synthetic.n_locations=24", "dataset.synthetic.n_distract
 
 
 def _start(*args: str, cache: Path, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "cvgl.pipeline", "--quiet", *args],
         cwd=cwd,
