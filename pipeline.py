@@ -1,42 +1,35 @@
-"""The `pipeline` Python API and the command line over it.
+"""The face of cvgl: the Python API and the `pipeline` command line over it.
 
-The API (``import pipeline``): :func:`load_config`, :func:`extract`, :func:`align`, :func:`retrieve`,
-:func:`run`, :func:`open_entry`, :func:`evaluate`; each stage call makes a run folder and returns a
-:class:`StageResult`. The command line (``cmd_*``) parses, calls the API and prints; what it prints
-is rendered by ``configs.console``.
+The API (``from cvgl import pipeline``): :func:`load_config`, :func:`extract`, :func:`align`,
+:func:`retrieve`, :func:`run`, :func:`open_entry`, :func:`evaluate`; each stage call makes a run folder
+and returns a :class:`StageResult` (the calls live in :mod:`cvgl.orchestration.chain`). The command
+line (``cmd_*``) parses, calls the API and prints through :mod:`cvgl.core.console`.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
-import time
-import traceback
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
-
-from cvgl.core.console import (
-    Progress,
-    Reporter,
-    SilentProgress,
-    cache_table,
-    metrics_table,
-    stderr_console,
-    stdout_console,
-)
+from cvgl.core.cli import run_cli
+from cvgl.core.console import Progress, Reporter, cache_table, metrics_table, stderr_console, stdout_console
 from cvgl.core.console import say as _say
 from cvgl.core.errors import UserError
+from cvgl.orchestration.chain import (
+    StageResult,
+    align,
+    evaluate,
+    extract,
+    in_run_folder,
+    open_entry,
+    retrieve,
+    run,
+)
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from cvgl.cache.store import CacheStore, Entry
-    from cvgl.core.run_folder import RunFolder
     from cvgl.configs.schema import Config
 
 __all__ = [
@@ -97,23 +90,6 @@ def say(msg: str) -> None:
 
 
 # -- the Python API -------------------------------------------------------------------------------
-@dataclass
-class StageResult:
-    """What a stage call returns.
-
-    ``run_dir``: the run folder (config.yaml, run.json, the stage's outputs); None on a torchrun rank
-    other than 0, which keeps none. ``entries``: the extracted entries (each with ``alias``, ``key``,
-    ``count``, ``view``, ``layer`` and ``reused``). ``aligned``: the aligned entries (``alias``,
-    ``key``, ``count``, ``reused``). ``metrics``: the retrieval metrics as written to metrics.json
-    (percent), None for extract and align.
-    """
-
-    run_dir: Path | None
-    entries: list = field(default_factory=list)
-    aligned: list = field(default_factory=list)
-    metrics: dict[str, Any] | None = None
-
-
 def load_config(config: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """A validated config: a YAML file or a shipped config's name (``"demo"``), then ``section.field=value``
     overrides, exactly as on the command line. Bad input raises ``UserError`` naming the fix."""
@@ -126,183 +102,6 @@ def load_config(config: str | Path | None = None, overrides: Sequence[str] = ())
     return cfg
 
 
-def _in_run_folder(
-    stage: str,
-    cfg: Config,
-    cache_dir: str | Path | None,
-    work: Callable[[Config, CacheStore, RunFolder], Any],
-) -> tuple[Any, Path | None]:
-    """``work(cfg, store, folder)`` inside a new run folder; a failure marks the folder failed."""
-    from cvgl.cache.store import CacheStore
-    from cvgl.core.run_folder import RunFolder
-
-    store = CacheStore.open_default(cache_dir)
-    folder = RunFolder(cfg, stage, cache_root=store.root)
-    try:
-        result = work(cfg, store, folder)
-    except BaseException as e:
-        folder.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise
-    folder.finish()
-    return result, None if folder.scratch else folder.path
-
-
-def extract(
-    cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress | None = None
-) -> StageResult:
-    """Run the frozen backbone over ``cfg.dataset`` and cache one entry per (view, layer); entries the
-    cache already holds are reused, not recomputed. ``cache_dir``: as ``--cache-dir``."""
-    from cvgl.extract.runner import run_extraction
-
-    report = progress or SilentProgress()
-
-    def work(cfg: Config, store: CacheStore, folder: RunFolder) -> list:
-        entries = run_extraction(cfg, store, progress=report)
-        folder.record_keys({e.alias: e.key for e in entries})
-        return entries
-
-    entries, run_dir = _in_run_folder("extract", cfg, cache_dir, work)
-    return StageResult(run_dir, entries=entries)
-
-
-def align(
-    cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress | None = None
-) -> StageResult:
-    """Train ``cfg.align.method`` on cached entries and cache the aligned entries (reused when cached)."""
-    from cvgl.align.runner import run_alignment
-
-    report = progress or SilentProgress()
-    aligned, run_dir = _in_run_folder(
-        "align", cfg, cache_dir, lambda cfg, store, folder: run_alignment(cfg, store, folder, log=report.log)
-    )
-    return StageResult(run_dir, aligned=aligned)
-
-
-def _retrieval(
-    cfg: Config,
-    store: CacheStore,
-    folder: RunFolder,
-    progress: Progress,
-    query: str | None = None,
-    gallery: str | None = None,
-) -> dict[str, Any]:
-    from cvgl.retrieve.runner import run_retrieval
-
-    if cfg.dataset.layout == "geoalign_release":
-        from cvgl.align.release import run_release
-
-        q, g = run_release(cfg, store, folder)
-        query, gallery = query or cfg.retrieve.query or q, gallery or cfg.retrieve.gallery or g
-    return run_retrieval(cfg, store, folder, query=query, gallery=gallery, progress=progress)
-
-
-def retrieve(
-    cfg: Config,
-    *,
-    query: str | None = None,
-    gallery: str | None = None,
-    cache_dir: str | Path | None = None,
-    progress: Progress | None = None,
-) -> StageResult:
-    """Exact retrieval metrics of ``query`` against ``gallery`` (aliases or keys; default
-    ``cfg.retrieve.query`` / ``gallery``, else the extraction's entries) under ``cfg.retrieve``."""
-    report = progress or SilentProgress()
-    metrics, run_dir = _in_run_folder(
-        "retrieve",
-        cfg,
-        cache_dir,
-        lambda cfg, store, folder: _retrieval(cfg, store, folder, report, query, gallery),
-    )
-    return StageResult(run_dir, metrics=metrics)
-
-
-def run(cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress | None = None) -> StageResult:
-    """extract → align → retrieve in one run folder; each stage reuses what the cache holds."""
-    from cvgl.align.runner import run_alignment
-    from cvgl.extract.runner import run_extraction
-
-    report = progress or SilentProgress()
-
-    def work(cfg: Config, store: CacheStore, folder: RunFolder) -> StageResult:
-        entries = run_extraction(cfg, store, progress=report)
-        folder.record_keys({e.alias: e.key for e in entries})
-        aligned = run_alignment(cfg, store, folder, log=report.log)
-        metrics = _retrieval(cfg, store, folder, report)
-        return StageResult(None, entries=entries, aligned=aligned, metrics=metrics)
-
-    result, run_dir = _in_run_folder("run", cfg, cache_dir, work)
-    result.run_dir = run_dir
-    return result
-
-
-def open_entry(ref: str, *, cache_dir: str | Path | None = None) -> Entry:
-    """A complete cache entry by alias, key or unambiguous key prefix (8+ hex digits).
-
-    ``entry.read()`` gives ``(descriptors [n, d] float32, labels [n] int64, names)``;
-    ``entry.iter_chunks(with_names=True)`` yields the same shard by shard (one shard in memory);
-    ``entry.labels()`` / ``entry.names()`` read no descriptors. ``key``, ``count``, ``shape``,
-    ``manifest`` describe it.
-    """
-    from cvgl.cache.store import CacheStore
-
-    return CacheStore.open_default(cache_dir).open(ref)
-
-
-def evaluate(
-    query: np.ndarray | Entry,
-    query_labels: np.ndarray | None,
-    gallery: np.ndarray | Entry,
-    gallery_labels: np.ndarray | None,
-    protocol: str = "u1652",
-    *,
-    ks: Sequence[int] = (1, 5, 10),
-    topk: int = 10,
-    device: str = "cpu",
-    semi_positives: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Metrics (percent) of ``query`` rows against ``gallery`` rows under ``protocol``
-    (u1652 | geoalign | cvft | vigor), scored by cosine as ``retrieve`` scores them.
-
-    Arrays are ``[n, d]`` descriptors with ``[n]`` integer labels (-1 junk, -2 distractor; labels may
-    be None under cvft, where row i of each side is a pair). An :class:`Entry` (:func:`open_entry`) may
-    stand for either side, with its labels passed as None: a gallery entry is streamed shard by shard.
-    ``topk`` is capped at the gallery size; ``semi_positives`` is vigor's ``[n_q, m]`` labels.
-    """
-    from cvgl.cache.store import Entry
-    from cvgl.retrieve.indexes import l2_normalize_rows
-    from cvgl.retrieve.metrics import evaluate_streaming
-
-    if isinstance(query, Entry):
-        q, own_labels, _ = query.read()
-        query_labels = own_labels if query_labels is None else query_labels
-        query = q
-    q = l2_normalize_rows(query, "query")
-    if isinstance(gallery, Entry):
-        entry = gallery
-        if gallery_labels is not None:
-            raise UserError(
-                "a gallery given as a cache entry brings its own labels; pass gallery_labels=None"
-            )
-        n_gallery = entry.count
-
-        def chunks():
-            offset = 0
-            for d, lab, _ in entry.iter_chunks():
-                yield l2_normalize_rows(d, f"gallery {entry.label}", offset), lab
-                offset += d.shape[0]
-
-    else:
-        g = l2_normalize_rows(gallery, "gallery")
-        n_gallery = g.shape[0]
-
-        def chunks():
-            return iter([(g, gallery_labels)])
-
-    topk = min(topk, n_gallery) if isinstance(topk, int) and n_gallery > 0 else topk
-    summary, _ = evaluate_streaming(
-        q, query_labels, chunks, protocol, ks=ks, topk=topk, device=device, semi_positives=semi_positives
-    )
-    return summary
 
 
 # -- the command line's display -------------------------------------------------------------------
@@ -339,13 +138,7 @@ def _store():
     return CacheStore.open_default(STATE.cache_dir)
 
 
-def _stage_extract(cfg, store, reporter) -> list:
-    from cvgl.extract.runner import run_extraction
-
-    return run_extraction(cfg, store, progress=reporter)
-
-
-def _report_extract(entries) -> None:
+def _report_entries(entries) -> None:
     for e in entries:
         say(f"{'reused  ' if e.reused else 'computed'} {e.alias}  ({e.count} rows, key {e.key[:12]})")
 
@@ -353,7 +146,7 @@ def _report_extract(entries) -> None:
 def _run_stage(stage: str, cfg, fn):
     """``fn(cfg, store, run, reporter)`` in a run folder with the command line's progress (the demos)."""
     with _reporter() as reporter:
-        result, run_dir = _in_run_folder(
+        result, run_dir = in_run_folder(
             stage, cfg, STATE.cache_dir, lambda cfg, store, folder: fn(cfg, store, folder, reporter)
         )
     if run_dir is not None:
@@ -387,12 +180,7 @@ def cmd_extract(
     nproc: int | None = NPROC,
 ) -> None:
     """Run the frozen backbone over a dataset and cache per-layer descriptors (skips cached entries)."""
-    _report_extract(_cli_stage(extract, _load(_extract_flags(args, skip_bad, launcher, nproc))).entries)
-
-
-def _report_aligned(entries) -> None:
-    for e in entries:
-        say(f"{'reused  ' if e.reused else 'computed'} {e.alias}  ({e.count} rows, key {e.key[:12]})")
+    _report_entries(_cli_stage(extract, _load(_extract_flags(args, skip_bad, launcher, nproc))).entries)
 
 
 @app.command("align")
@@ -402,7 +190,7 @@ def cmd_align(args: list[str] | None = CONFIG_ARGS) -> None:
     Inputs: align.query / align.gallery (lists of entry aliases, one per layer), by default the
     extraction's entries <name>.<view>@<layer>. Outputs: <align.alias or name.method>.<view>.
     """
-    _report_aligned(_cli_stage(align, _load(args)).aligned)
+    _report_entries(_cli_stage(align, _load(args)).aligned)
 
 
 def _print_metrics(rows: list[tuple[str, dict]]) -> None:
@@ -426,8 +214,8 @@ def cmd_run(
 ) -> None:
     """extract → align → retrieve; each stage reuses what the cache already holds."""
     result = _cli_stage(run, _load(_extract_flags(args, skip_bad, launcher, nproc)))
-    _report_extract(result.entries)
-    _report_aligned(result.aligned)
+    _report_entries(result.entries)
+    _report_entries(result.aligned)
     m = result.metrics
     assert m is not None
     _print_metrics([(f"{m['query']} → {m['gallery']}", m)])
@@ -448,8 +236,8 @@ def cmd_sweep(
     Extraction runs first (once per distinct setting); then the points run in parallel
     (sweep.n_jobs, sweep.backend=loky|dask, sweep.scheduler=tcp://…). Rerun the same command to resume.
     """
-    from cvgl.orchestration.sweep_spec import build_sweep
     from cvgl.orchestration.sweep import run_sweep
+    from cvgl.orchestration.sweep_spec import build_sweep
 
     path, overrides = _split_args(args)
     spec = build_sweep(path, overrides, grid, zipped)
@@ -466,25 +254,6 @@ def cmd_sweep(
         )
 
 
-# The demo's sweep: raw descriptors, then each alignment method (align.params in configs/demo.yaml).
-DEMO_METHODS = ("identity", "isms", "geoalign", "fusion", "emcvgl")
-DEMO_NOTE = (
-    "The backbone in this demo is a small, randomly initialised DINOv3 (no weights can be downloaded), "
-    "run on a synthetic dataset the tool generates: these numbers show that the pipeline works end to end "
-    "(extraction cached once, every method trained and evaluated, everything reused on a second run), "
-    "not what a trained model reaches, nor how the methods rank on real data."
-)
-DEMO_FINDINGS = (
-    "Table 1: GeoAlign stream 1 gains little over raw here, and loses with the release's schedule. It learns "
-    "from its own pseudo-labels, and on these random descriptors raw matching pairs only 1 drone in 4 with its "
-    "tile; the curriculum sharpens those labels and the adapter learns the wrong pairs with the right ones "
-    "(measured: pseudo-label accuracy 0.25 -> 0.15 over 300 epochs, R@1 17 against raw 27; 0.25 -> 0.32 over "
-    "the demo's 40, R@1 30; leaving the distractor tiles out of training does not help). Table 2's drones are a rotated, "
-    "warped, shifted copy of their tile, a relation a drone-side adapter can learn, and there stream 1 gains "
-    "over raw (at the alignment benchmark's full size, "
-    "R@1 23 -> 71)."
-)
-
 
 @app.command()
 def demo(
@@ -500,165 +269,16 @@ def demo(
     sweep over raw, ISMS, GeoAlign stream 1, fusion and EM-CVGL, then the same methods on synthetic
     descriptors with a known drone distortion. `demo cvft`: ground→aerial with a random VGG16 and CVFT
     against its baselines."""
+    from cvgl.orchestration.demos import DemoUI, demo_cvft, demo_geoalign
+
     args = list(args or [])
-    with_world = world
     which = args.pop(0) if args and "=" not in args[0] else "geoalign"
+    ui = DemoUI(say=say, out=out, store=_store, run_stage=_run_stage, report_entries=_report_entries)
     if which == "cvft":
-        return _demo_cvft(args)
+        return demo_cvft(args, ui)
     if which != "geoalign":
         raise UserError(f"unknown demo {which!r}; use `pipeline demo` or `pipeline demo cvft`")
-    import json
-
-    from rich.table import Table
-
-    from cvgl.configs.schema import load_config, split_override
-    from cvgl.orchestration.sweep_spec import build_sweep
-
-    # One folder for the whole demo: its run.json at the top, the sweep's table, plot and points
-    # below it, and the descriptor world's runs in world/.
-    given = load_config("demo", args)
-    folder = Path(given.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
-    overrides = [a for a in args if split_override(a)[0] != "out"] + [f"out={folder}"]
-    cfg = load_config("demo", overrides)
-    spec = build_sweep("demo", overrides, [f"align.method=[{','.join(DEMO_METHODS)}]"])
-
-    def go(cfg, store, run, reporter):
-        from cvgl.orchestration.demo_world import WORLD_METHODS, run_descriptor_world
-        from cvgl.orchestration.sweep import finished, run_sweep
-
-        say(DEMO_NOTE)
-        entries = _stage_extract(cfg, store, reporter)
-        run.record_keys({e.alias: e.key for e in entries})
-        if all(e.reused for e in entries):
-            say(f"all {len(entries)} descriptor entries reused from the cache: the backbone was not run")
-        else:
-            _report_extract(entries)
-        done_before = {p.index for p in spec.points if finished(p)}
-        result = run_sweep(spec, store.root, progress=reporter, log=say)
-        # A point trained nothing when it was already finished in this folder or its alignment was
-        # found in the cache (identity trains nothing at all).
-        trained = []
-        for p in spec.points:
-            info = json.loads((p.folder / "run.json").read_text()) if (p.folder / "run.json").is_file() else {}
-            method = p.values["align.method"]
-            if method != "identity" and p.index not in done_before and not info.get("align_reused"):
-                trained.append(method)
-        world = run_descriptor_world(store, folder / "world", WORLD_METHODS, seed=cfg.seed, log=say) if with_world else []
-        trained += [f"world:{w.method}" for w in world if w.method != "identity" and not w.reused]
-        if not trained:
-            say("every alignment reused from the cache: nothing was retrained")
-        run.record(
-            demo={row["align.method"]: {k: row[k] for k in ("R@1", "R@5", "R@10", "R@1%", "AP")} for row in result.rows},
-            world={w.method: w.metrics for w in world},
-            reused_all=all(e.reused for e in entries),
-            trained=trained,
-            sweep=[str(f) for f in result.files],
-        )
-        return result, world
-
-    result, world_rows = _run_stage("demo", cfg, go)
-    layers = ", ".join(map(str, cfg.backbone.layers))
-    last = cfg.backbone.layers[-1]
-    labels = {
-        "identity": f"raw (layer {last})",
-        "isms": f"ISMS (layers {layers})",
-        "geoalign": f"GeoAlign stream 1 (layer {last})",
-        "fusion": "fusion: stream 1 ‖ ISMS",
-        "emcvgl": f"EM-CVGL (layer {last})",
-    }
-    table = Table(title="1. random DINOv3 on synthetic images: drone → satellite (u1652 protocol)")
-    for c in ("method", "R@1", "R@5", "R@10", "R@1%", "AP", "align s", "status"):
-        table.add_column(c, justify="left" if c in ("method", "status") else "right")
-    for row in result.rows:
-        cells = [f"{row[k]:.2f}" if isinstance(row[k], float) else "–" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")]
-        t = row["align_s"]
-        table.add_row(labels[row["align.method"]], *cells, f"{t:.1f}" if isinstance(t, float) else "–", row["status"])
-    out.print(table)
-    wtable = Table(title="2. synthetic descriptors with a known drone distortion (align/synthetic.py)")
-    for c in ("method", "R@1", "R@5", "R@10", "R@1%", "AP", "align s"):
-        wtable.add_column(c, justify="left" if c == "method" else "right")
-    for w in world_rows:
-        name = labels[w.method].split(" (")[0]
-        wtable.add_row(
-            name, *(f"{w.metrics[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
-            "–" if w.method == "identity" else "reused" if w.reused else f"{w.train_s:.1f}",
-        )
-    if world_rows:
-        out.print(wtable)
-    out.print(DEMO_NOTE)
-    out.print(DEMO_FINDINGS)
-    say(f"sweep table, plot and reports: {spec.out / 'sweep.md'}, {spec.out / 'sweep.png'}, {spec.out / 'points'}")
-    if result.failed:
-        raise UserError(
-            f"{result.failed} of {len(result.rows)} demo points failed (status and error in "
-            f"{spec.out / 'sweep.csv'}); fix them and rerun the same command: finished points are reused"
-        )
-
-
-DEMO_CVFT_NOTE = (
-    "The VGG16 in this demo is randomly initialised (no weights can be downloaded) and the ground–aerial pairs are "
-    "synthetic (ground panoramas rendered from aerial tiles by a polar transform): the numbers compare CVFT with its "
-    "baselines on a problem with a known spatial correspondence, not what CVFT reaches on CVUSA."
-)
-
-
-def _demo_cvft(overrides: list[str]) -> None:
-    from cvgl.configs.schema import load_config
-
-    base = load_config("demo_cvft", overrides)
-    store = _store()
-    from cvgl.datasets.synthetic_cvusa import make_synthetic_cvusa
-
-    root = store.root / "datasets" / f"synthetic-cvusa-s{base.seed}"
-    if not (root / "splits" / "val-19zl.csv").exists():
-        make_synthetic_cvusa(
-            root, n_pairs=192, train_pairs=128, aerial_size=128, ground_size=(56, 308), seed=base.seed
-        )
-    common = [*overrides, f"root={root}"]
-    cfg = load_config("demo_cvft", common)
-
-    def go(cfg, store, run, reporter):
-        from cvgl.align.runner import run_alignment
-        from cvgl.datasets.naming import aligned_alias
-        from cvgl.extract.runner import run_extraction
-        from cvgl.retrieve.runner import run_retrieval
-
-        say(DEMO_CVFT_NOTE)
-        train_cfg = load_config(
-            "demo_cvft", [*common, "dataset.split=train", "extract.alias=demo_cvft_train"]
-        )
-        entries = run_extraction(train_cfg, store, progress=reporter) + run_extraction(
-            cfg, store, progress=reporter
-        )
-        _report_extract(entries)
-        rows = []
-        for method in ("cvft", "vgg_conv", "vgg_gp"):
-            mcfg = load_config(
-                "demo_cvft",
-                [
-                    *common,
-                    f"align.method={method}",
-                    "align.train_drone=[demo_cvft_train.ground@conv5_3]",
-                    "align.train_satellite=[demo_cvft_train.aerial@conv5_3]",
-                ],
-            )
-            run_alignment(mcfg, store, run, log=reporter.log)
-            for q, g in (("ground", "aerial"), ("aerial", "ground")):
-                m = run_retrieval(
-                    mcfg,
-                    store,
-                    run,
-                    query=aligned_alias(mcfg, q),
-                    gallery=aligned_alias(mcfg, g),
-                    out_dir=run.path / f"{method}-{q}2{g}",
-                )
-                rows.append((f"{method} {q}→{g}", m))
-        run.record(demo={label: m for label, m in rows}, reused_all=all(e.reused for e in entries))
-        return rows
-
-    rows = _run_stage("demo", cfg, go)
-    _print_metrics(rows)
-    out.print(DEMO_CVFT_NOTE)
+    demo_geoalign(args, world, ui)
 
 
 @app.command("compare")
@@ -798,107 +418,9 @@ def cmd_cache_export(
         say(f"wrote {p}")
 
 
-def _cli_exceptions(name: str) -> tuple[type[BaseException], ...]:
-    """Every exception class called ``name`` that the installed typer may raise.
-
-    typer up to 0.25 raises click's own classes; from 0.26 it vendors click as ``typer._click`` (and
-    later has its own ``Exit`` and ``Abort``), which ``except click.…`` does not catch. Looking in
-    every place keeps the error contract with each typer the dependency bounds allow.
-    """
-    found: list[type[BaseException]] = []
-    for module in ("typer", "typer.exceptions", "typer._click.exceptions", "click.exceptions"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        cls = getattr(mod, name, None)
-        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
-            found.append(cls)
-    return tuple(found)
-
-
-def _one_line(text: str) -> str:
-    """``text`` folded onto one line: an error is exactly one line on stderr."""
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-def _usage_message(e: BaseException) -> str:
-    """A click usage error as one line, pointing at the help of the command it concerns."""
-    msg = _one_line(e.format_message())  # type: ignore[attr-defined]
-    ctx = getattr(e, "ctx", None)
-    if ctx is not None:
-        msg += f" (see '{ctx.command_path} --help')"
-    return msg
-
-
-def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
-    """Warnings of a successful command, one line each and each once, after its output."""
-    seen: set[str] = set()
-    for w in caught:
-        line = _one_line(f"warning: {w.message}")
-        if line not in seen:
-            seen.add(line)
-            print(line, file=sys.stderr)
-
-
-def _interrupted(t0: float) -> None:
-    print(f"interrupted after {time.time() - t0:.0f} s; rerun the same command to resume", file=sys.stderr)
-    sys.exit(130)
-
-
 def main() -> None:
-    """Console entry point: bad input → one line on stderr, exit code 2."""
-    debug = "--debug" in sys.argv
-    usage_errors = _cli_exceptions("ClickException")
-    exits = _cli_exceptions("Exit")
-    aborts = _cli_exceptions("Abort")
-    t0 = time.time()
-    caught: list[warnings.WarningMessage] = []
-    try:
-        # Library warnings (torch, numpy, …) would add lines around an error: they are recorded, then
-        # dropped on an error and shown one line each after a successful command. --debug shows them
-        # as Python prints them.
-        with warnings.catch_warnings(record=not debug) as log:
-            caught = log if log is not None else []
-            result = app(prog_name="pipeline", standalone_mode=False)
-    except UserError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {_one_line(str(e))}", file=sys.stderr)
-        sys.exit(2)
-    except (OSError, RuntimeError) as e:
-        # Last resort for a full disk met outside the tool's own writers (which already say so).
-        from cvgl.core.diskspace import is_no_space, no_space_error
-
-        if debug or not is_no_space(e):
-            raise
-        print(f"error: {no_space_error(getattr(e, 'filename', None) or 'a file')}", file=sys.stderr)
-        sys.exit(2)
-    except exits as e:
-        _show_warnings(caught)
-        sys.exit(e.exit_code)  # type: ignore[attr-defined]
-    except usage_errors as e:
-        code = e.exit_code  # type: ignore[attr-defined]
-        if type(e).__name__ == "NoArgsIsHelpError":
-            # A bare group (`pipeline`, `pipeline cache`) shows its help; some typers print it
-            # themselves and leave the message empty.
-            text = e.format_message()  # type: ignore[attr-defined]
-            if text.strip():
-                print(text)
-            sys.exit(code)
-        if debug:
-            traceback.print_exc()
-        print(f"error: {_usage_message(e)}", file=sys.stderr)
-        sys.exit(2 if code in (1, 2) else code)
-    except (KeyboardInterrupt, *aborts):
-        _interrupted(t0)
-    _show_warnings(caught)
-    # Without standalone mode an Exit comes back as its code, and typer turns Ctrl-C into Exit(130);
-    # the commands themselves return None.
-    if isinstance(result, int) and not isinstance(result, bool) and result != 0:
-        if result == 130:
-            _interrupted(t0)
-        sys.exit(result)
+    """Console entry point (``pipeline``): bad input → one line on stderr, exit code 2."""
+    run_cli(app)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from cvgl.align.geoalign import INITS, GeoAlignStream1, Stream1Config, init_autoencoder
 from cvgl.align.losses import (
     hard_pseudo_label_infonce,
@@ -26,8 +24,16 @@ from cvgl.align.losses import (
     pseudo_label_accuracy,
     stream1_loss,
 )
-from cvgl.align.train_stream1 import DrawDrones, OnEpoch, SaveState, build_and_fit, check_inputs, uniform_drones
+from cvgl.align.train_stream1 import (
+    DrawDrones,
+    OnEpoch,
+    SaveState,
+    build_and_fit,
+    check_inputs,
+    uniform_drones,
+)
 from cvgl.core.errors import UserError
+from torch import nn
 
 
 @dataclass

@@ -10,11 +10,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
-
 from cvgl.core.atomic import atomic_path, write_bytes_atomic
 from cvgl.core.diskspace import disk_full_is_user_error
 from cvgl.core.errors import UserError
+from safetensors.torch import load_file, save
 
 #: Written last in ``<cache>/models/<run digest>/``: the trained model's files (checkpoints, history).
 MODEL_INDEX = "model-files.json"

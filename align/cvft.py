@@ -35,9 +35,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from cvgl.core.errors import UserError
+from torch import nn
 
 Variant = Literal["cvft", "vgg_conv", "vgg_gp"]
 BiasInit = Literal["reference", "uniform"]

@@ -31,9 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from cvgl.core.errors import UserError
+from torch import nn
 
 INITS = ("isometric", "default")
 

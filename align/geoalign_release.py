@@ -24,7 +24,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
-
 from cvgl.align.checkpoints import torch_save_atomic
 from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
 from cvgl.align.isms import ISMS, isms_input

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from cvgl.cache.shards import read_shard_rows
 from cvgl.cache.store import CacheStore, Entry
+from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
 from cvgl.datasets.naming import extracted_alias, pair_roles, query_gallery_views
-from cvgl.configs.schema import Config
 
 #: GeoAlign's branch names for the two roles (and the training views' names in the run digest).
 BRANCH = {"ground": "dro", "aerial": "sat"}

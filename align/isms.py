@@ -24,9 +24,8 @@ from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from cvgl.configs.schema import ISMSSection
+from torch import nn
 
 # One type for ISMS's hyperparameters: the config section ``align.isms`` is what the trainer reads.
 ISMSConfig = ISMSSection

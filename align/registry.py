@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cvgl.core.errors import UserError
 from cvgl.configs.schema import Config
+from cvgl.core.errors import UserError
 
 #: The input kinds the stage provides (align/inputs.py): pooled descriptors of one or more layers as
 #: tensors, conv maps read by random access (CVFT), or nothing (identity: no aligned entries).

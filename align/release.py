@@ -8,11 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from cvgl.cache.store import CacheStore
+from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
 from cvgl.core.run_folder import RunFolder
-from cvgl.configs.schema import Config
 
 
 def run_release(cfg: Config, store: CacheStore, run: RunFolder) -> tuple[str, str]:

@@ -18,18 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from cvgl.align.checkpoints import link_into, model_files, record_model_files, save_checkpoint, torch_save_atomic
+from cvgl.align.checkpoints import (
+    link_into,
+    model_files,
+    record_model_files,
+    save_checkpoint,
+    torch_save_atomic,
+)
 from cvgl.align.inputs import LOADERS, Inputs
 from cvgl.align.registry import Method, get, resolve_params
-from cvgl.core.keys import content_key
 from cvgl.cache.store import CacheStore
+from cvgl.configs.schema import Config
 from cvgl.core.atomic import write_text_atomic
 from cvgl.core.devices import resolve_device
 from cvgl.core.diskspace import disk_full_is_user_error
-from cvgl.datasets.naming import aligned_alias
+from cvgl.core.keys import content_key
 from cvgl.core.run_folder import RunFolder
-from cvgl.configs.schema import Config
+from cvgl.datasets.naming import aligned_alias
 
 LogFn = Callable[[str, int, int, dict], None]  # (description, epoch, epochs, losses)
 # Per-epoch values shown in progress (all numeric ones go to history.jsonl).

@@ -40,7 +40,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from cvgl.core.errors import UserError
 
 GENERATOR_VERSION = 1

@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from cvgl.align.cvft import VGGGP, build_model, encode_blocks, soft_margin_triplet_loss
 from cvgl.core.errors import UserError
+from torch import nn
 
 MapsFn = Callable[[np.ndarray], "torch.Tensor | np.ndarray"]
 

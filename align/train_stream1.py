@@ -24,12 +24,11 @@ from dataclasses import asdict
 from typing import Any, Protocol, TypeVar
 
 import torch
-from torch import nn
-
 from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
 from cvgl.align.losses import curriculum_eps, stream1_loss
 from cvgl.align.optim import WarmupCosine, build_optimizer
 from cvgl.core.errors import UserError
+from torch import nn
 
 STATE_FORMAT = "cvgl-align-train-state/1"
 # Saving the resumable state copies and writes the parameters and both optimizer moments. At

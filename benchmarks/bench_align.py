@@ -125,10 +125,9 @@ def bench_time(args: argparse.Namespace) -> dict:
 
 def bench_profile(args: argparse.Namespace) -> dict:
     """Top operations of release-size stream-1 steps under torch.profiler (see the module docstring)."""
-    from torch.profiler import ProfilerActivity, profile
-
     from cvgl.align.optim import build_optimizer
     from cvgl.align.train_stream1 import autocast, stream1_batch_loss
+    from torch.profiler import ProfilerActivity, profile
 
     if args.threads:
         torch.set_num_threads(args.threads)

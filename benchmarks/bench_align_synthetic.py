@@ -44,8 +44,8 @@ if str(ROOT) not in sys.path:
 from cvgl.align.runner import run_alignment  # noqa: E402
 from cvgl.align.synthetic import WorldConfig, align_overrides, make_splits, write_cache  # noqa: E402
 from cvgl.cache.store import CacheStore  # noqa: E402
-from cvgl.core.run_folder import RunFolder  # noqa: E402
 from cvgl.configs.schema import load_config  # noqa: E402
+from cvgl.core.run_folder import RunFolder  # noqa: E402
 from cvgl.retrieve.metrics import evaluate  # noqa: E402
 
 METHODS = ("isms", "geoalign", "fusion", "emcvgl", "supervised")

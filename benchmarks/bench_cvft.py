@@ -16,7 +16,6 @@ import platform
 import time
 
 import torch
-
 from cvgl.align.train_cvft import CVFTConfig, encode_aerial, encode_ground, train_cvft
 
 

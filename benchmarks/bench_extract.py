@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cvgl.extract.runner as runner  # noqa: E402
 from cvgl.cache.store import CacheStore  # noqa: E402
-from cvgl.core.devices import resolve_device  # noqa: E402
 from cvgl.configs.schema import load_config  # noqa: E402
+from cvgl.core.devices import resolve_device  # noqa: E402
 from cvgl.extract.models import build_model, compute_dtype  # noqa: E402
 from cvgl.extract.roots import image_lists  # noqa: E402
 from cvgl.extract.runner import run_extraction  # noqa: E402

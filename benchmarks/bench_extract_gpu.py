@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cvgl.extract.runner as runner  # noqa: E402
 from cvgl.cache.store import CacheStore  # noqa: E402
-from cvgl.core.devices import resolve_device  # noqa: E402
 from cvgl.configs.schema import load_config  # noqa: E402
+from cvgl.core.devices import resolve_device  # noqa: E402
 from cvgl.extract.dinov3 import DINOv3Backbone, DINOv3Variant, resolve_variant  # noqa: E402
 from cvgl.extract.distributed import Ranks  # noqa: E402
 from cvgl.extract.models import DinoModel, choose_batch_size, compute_dtype  # noqa: E402

@@ -37,7 +37,6 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_metrics import baseline_query  # noqa: E402
-
 from cvgl.retrieve.metrics import _queries_per_block, evaluate  # noqa: E402
 
 N_TRUE_TILES = 951  # University-1652 test satellite tiles (701 buildings + 250 distractor buildings)

@@ -30,7 +30,6 @@ import re
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-
 from cvgl.cache.store import CacheStore, Entry
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
@@ -260,7 +259,6 @@ def _hloc_names(f, limit: int | None = None) -> list[str]:
 def import_hloc(store: CacheStore, path: Path, *, alias: str | None, labels: Path | None) -> tuple[str, Entry]:
     """Import hloc's global-descriptor HDF5 (``<name>/global_descriptor`` per image) as one entry."""
     import h5py
-
     from cvgl.cache.importers import import_arrays
 
     try:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-
 from cvgl.cache.store import CacheStore, Entry, check_alias
 from cvgl.core.atomic import atomic_path, write_text_atomic
 from cvgl.core.errors import UserError

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from cvgl.core.atomic import write_bytes_atomic
 from cvgl.core.errors import UserError
 

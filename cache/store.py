@@ -24,8 +24,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from cvgl.core.keys import DigestMemo, content_key, file_sha256
 from cvgl.cache.manifest import MANIFEST, Manifest, ShardInfo, read_manifest, write_manifest
 from cvgl.cache.shards import (
     ShardIdentity,
@@ -37,6 +35,7 @@ from cvgl.cache.shards import (
 )
 from cvgl.core.atomic import write_text_atomic
 from cvgl.core.errors import UserError
+from cvgl.core.keys import DigestMemo, content_key, file_sha256
 
 ENV_VAR = "PIPELINE_CACHE_DIR"
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-
 from cvgl.core.errors import UserError
 
 #: Device types the tool runs on.

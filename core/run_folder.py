@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from cvgl.core.atomic import write_json_atomic, write_text_atomic
 from cvgl.core.diskspace import disk_full_is_user_error
 from cvgl.core.errors import UserError

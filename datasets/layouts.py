@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
 

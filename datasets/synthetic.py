@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
-
 from cvgl.core.atomic import fsync_dir, write_text_atomic
 from cvgl.core.diskspace import disk_full_is_user_error
 from cvgl.core.errors import UserError
+from PIL import Image, ImageDraw, ImageFilter
 
 # Written at the dataset root: it lets a rerun recognise (and safely replace) its own earlier output,
 # and tells readers whether generation finished ("complete": true is written last).

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
-
 from cvgl.core.atomic import write_text_atomic
 from cvgl.core.errors import UserError
 from cvgl.datasets.synthetic import generate_atomically, generation_lock, refuse_foreign
+from PIL import Image, ImageDraw, ImageFilter
 
 TRAIN_CSV = "splits/train-19zl.csv"
 VAL_CSV = "splits/val-19zl.csv"

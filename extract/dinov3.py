@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-
 from cvgl.core.errors import UserError
+from torch import Tensor, nn
 
 FACETS: tuple[str, ...] = ("token", "query", "key", "value")
 """What ``forward_layers`` can return for a block: its normed output, or its attention projections."""

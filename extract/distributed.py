@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-from cvgl.core.keys import content_key, image_list_digest
 from cvgl.cache.store import CacheStore
+from cvgl.configs.schema import Config
 from cvgl.core.devices import resolve_device
 from cvgl.core.errors import UserError
-from cvgl.configs.schema import Config
+from cvgl.core.keys import content_key, image_list_digest
 from cvgl.extract.keys import backbone_identity, check_layers, entry_spec
 from cvgl.extract.models import compute_dtype
 from cvgl.extract.roots import image_lists
@@ -112,7 +111,6 @@ def launch_torchrun(cfg: Config, store: CacheStore) -> list[ExtractedEntry]:
     process finds every entry complete and reports them (``reused`` is False for those the job made).
     """
     import yaml
-
     from cvgl.configs.schema import to_dict
 
     n = cfg.extract.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)

@@ -19,11 +19,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-
 from cvgl.core.errors import UserError
 from cvgl.datasets.layouts import ImageList, display_name, name_problem
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

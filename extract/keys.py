@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from cvgl.core.keys import weights_digest
 from cvgl.cache.store import CacheStore, check_alias
-from cvgl.core.errors import UserError
-from cvgl.datasets.naming import extracted_alias, view_kind
 from cvgl.configs.schema import Config
+from cvgl.core.errors import UserError
+from cvgl.core.keys import weights_digest
 from cvgl.datasets.layouts import ImageList
+from cvgl.datasets.naming import extracted_alias, view_kind
 
 Layer = int | str
 

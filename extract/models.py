@@ -14,9 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-from cvgl.core.errors import UserError
 from cvgl.configs.schema import Config
+from cvgl.core.errors import UserError
 from cvgl.extract.keys import Layer, check_layers, is_vgg, vgg_arch
 
 if TYPE_CHECKING:  # the launcher in extract.distributed builds on this module

@@ -19,9 +19,8 @@ token; there is no CLS). :func:`gem` is the one GeM formula both use.
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor
-
 from cvgl.core.errors import UserError
+from torch import Tensor
 
 POOLINGS: tuple[str, ...] = ("gem", "avg", "max", "cls")
 """Pooling methods by name."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cvgl.core.keys import content_key
 from cvgl.cache.store import CacheStore
-from cvgl.core.errors import UserError
-from cvgl.datasets.naming import dataset_views
 from cvgl.configs.schema import Config
+from cvgl.core.errors import UserError
+from cvgl.core.keys import content_key
 from cvgl.datasets.layouts import ImageList, list_images
+from cvgl.datasets.naming import dataset_views
 
 
 def dataset_root(cfg: Config, store: CacheStore) -> Path:

@@ -31,9 +31,8 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from cvgl.core.errors import UserError
+from torch import nn
 
 #: CVFT input sizes as (height, width).
 CVFT_GROUND_SIZE: tuple[int, int] = (112, 616)

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from cvgl.cache.store import EntryWriter
 from cvgl.datasets.layouts import ImageList
 from cvgl.extract.keys import Layer

@@ -78,8 +78,8 @@ def _run_methods(
     store: CacheStore, out: Path, methods: Sequence[str], layers, seed: int, log
 ) -> list[WorldRow]:
     from cvgl.align.runner import run_alignment
-    from cvgl.core.run_folder import RunFolder
     from cvgl.configs.schema import load_config
+    from cvgl.core.run_folder import RunFolder
     from cvgl.retrieve.runner import run_retrieval
 
     rows = []

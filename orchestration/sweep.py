@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
+from cvgl.configs.schema import Config, to_dict
 from cvgl.core.atomic import atomic_path, write_text_atomic
 from cvgl.core.errors import UserError
-from cvgl.configs.schema import Config, to_dict
 from cvgl.orchestration.sweep_spec import Point, Sweep, display
 
 METRICS = ("R@1", "R@5", "R@10", "R@1%", "AP")
@@ -148,7 +147,6 @@ def run_point(task: PointTask) -> dict[str, Any]:
     does the returned summary.
     """
     import torch
-
     from cvgl.align.runner import run_alignment
     from cvgl.cache.store import CacheStore
     from cvgl.core.run_folder import RunFolder
@@ -459,9 +457,8 @@ def write_results(sweep: Sweep, *, reused: int = 0) -> SweepResult:
 def write_plot(path: Path, sweep: Sweep, rows: list[dict[str, Any]], metrics: tuple[str, ...] = ("R@1", "AP")) -> Path:
     """``sweep.png``: one panel per axis, each point's metrics (dots) and their mean per value (line);
     drawn with Pillow alone, like the recall curves."""
-    from PIL import Image, ImageDraw
-
     from cvgl.retrieve.reports import _CURVE_COLORS, _font
+    from PIL import Image, ImageDraw
 
     axes = sweep.axis_keys
     pw, ph = 720, 300

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from cvgl.core.errors import UserError
 from cvgl.configs.schema import SHORTHANDS, Config, SweepConfig, load_config, split_override, to_dict
+from cvgl.core.errors import UserError
 
 # What decides the extracted entries: points equal in these sections share their extraction.
 EXTRACTION_SECTIONS = ("dataset", "backbone", "preprocess", "pooling", "extract")

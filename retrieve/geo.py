@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from cvgl.core.errors import UserError
 
 if TYPE_CHECKING:

@@ -11,7 +11,6 @@ from typing import Any
 
 import faiss
 import numpy as np
-
 from cvgl.core.errors import UserError
 
 # faiss' GPU brute-force search returns at most this many neighbours per query.

@@ -47,12 +47,11 @@ from typing import Any
 
 import faiss
 import numpy as np
-
-from cvgl.core.keys import canonical_json, content_key, file_sha256
 from cvgl.cache.manifest import Manifest, read_manifest
 from cvgl.cache.store import CacheStore, Entry
 from cvgl.core.atomic import atomic_path, write_json_atomic
 from cvgl.core.errors import UserError
+from cvgl.core.keys import canonical_json, content_key, file_sha256
 from cvgl.retrieve.index import GPU_MAX_K, gpu_available
 
 KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")

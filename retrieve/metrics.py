@@ -59,7 +59,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from cvgl.core.devices import resolve_device
 from cvgl.core.errors import UserError
 

@@ -22,9 +22,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
 from cvgl.core.atomic import atomic_path, write_text_atomic
+from PIL import Image, ImageDraw, ImageFont
 
 CORRECT_COLOR = "#00b400"
 WRONG_COLOR = "#e00000"

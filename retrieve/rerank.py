@@ -28,7 +28,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-
 from cvgl.core.errors import UserError
 
 # Pairs (query entry, gallery entry sharing a column) handled per bincount in the Jaccard step.

@@ -20,15 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cvgl.cache.manifest import Manifest, read_manifest
 from cvgl.cache.store import CacheStore, Entry
+from cvgl.configs.schema import Config
 from cvgl.core.atomic import atomic_path, write_json_atomic
 from cvgl.core.devices import resolve_device
 from cvgl.core.errors import UserError
-from cvgl.datasets.naming import default_retrieval_pair
 from cvgl.core.run_folder import RunFolder
-from cvgl.configs.schema import Config
+from cvgl.datasets.naming import default_retrieval_pair
 from cvgl.retrieve.indexes import l2_normalize_rows
 from cvgl.retrieve.metrics import QueryResults
 
@@ -338,7 +337,13 @@ def _write_reports(
     curves: list[tuple[str, np.ndarray]],
     n_rankable: int,
 ) -> dict[str, str]:
-    from cvgl.retrieve.reports import ReportData, correct_matrix, curves_for, write_html_report, write_recall_png
+    from cvgl.retrieve.reports import (
+        ReportData,
+        correct_matrix,
+        curves_for,
+        write_html_report,
+        write_recall_png,
+    )
 
     rc = cfg.retrieve
     title = f"{metrics['query']} → {metrics['gallery']} ({metrics['protocol']})"

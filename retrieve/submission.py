@@ -24,7 +24,6 @@ import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
 

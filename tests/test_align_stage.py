@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
-
 from cvgl.align.geoalign import Stream1Config
 from cvgl.align.geoalign_release import load_stream1
 from cvgl.align.isms import ISMS, isms_input
@@ -31,9 +29,10 @@ from cvgl.align.synthetic import CrossViewWorld, WorldConfig, align_overrides, w
 from cvgl.cache.manifest import read_manifest, write_manifest
 from cvgl.cache.shards import sum64
 from cvgl.cache.store import CacheStore
+from cvgl.configs.schema import load_config
 from cvgl.core.errors import UserError
 from cvgl.core.run_folder import RunFolder
-from cvgl.configs.schema import load_config
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "syn"

@@ -13,16 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cvgl.align.train_stream1 as train_stream1
 import numpy as np
 import pytest
 import torch
-
-import cvgl.align.train_stream1 as train_stream1
 from cvgl.align.runner import run_alignment
 from cvgl.align.synthetic import CrossViewWorld, WorldConfig, align_overrides, write_cache
 from cvgl.cache.store import CacheStore
-from cvgl.core.run_folder import RunFolder
 from cvgl.configs.schema import load_config
+from cvgl.core.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "syn"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cvgl import pipeline
 from cvgl.core.console import PlainProgress
+
 from tests.test_pipeline_cli import ROOT, TINY, cli, one_error_line
 
 

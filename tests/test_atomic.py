@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cvgl.core.atomic import atomic_path, write_json_atomic, write_text_atomic
 from cvgl.core.errors import UserError
 

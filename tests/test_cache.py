@@ -8,11 +8,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from cvgl.cache.importers import export_entry, import_any
-from cvgl.core.keys import canonical_json, content_key, image_list_digest
 from cvgl.cache.store import CacheStore
 from cvgl.core.errors import UserError
+from cvgl.core.keys import canonical_json, content_key, image_list_digest
 
 
 def _rows(n, d=8, seed=0):

@@ -1,10 +1,9 @@
 """Configuration: typed validation, closest-key suggestions, overrides, shipped configs."""
 
 import pytest
-
 from cvgl.configs import resolve_config_path, shipped_configs
-from cvgl.core.errors import UserError
 from cvgl.configs.schema import Config, load_config
+from cvgl.core.errors import UserError
 
 
 def test_unknown_key_suggests_closest_valid_key(tmp_path):

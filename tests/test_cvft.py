@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
 from cvgl.align.cvft import (
     CVFT,
     FeatureTransport,
@@ -26,6 +24,7 @@ from cvgl.align.cvft import (
 from cvgl.align.train_cvft import CVFTConfig, encode_aerial, encode_ground, epoch_order, train_cvft
 from cvgl.core.errors import UserError
 from cvgl.datasets.synthetic_cvusa import make_synthetic_cvusa, polar_sample_coords
+from PIL import Image
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 

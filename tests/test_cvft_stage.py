@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-
 from cvgl.align.runner import run_alignment
 from cvgl.cache.store import CacheStore
+from cvgl.configs.schema import load_config
 from cvgl.core.errors import UserError
 from cvgl.core.run_folder import RunFolder
-from cvgl.configs.schema import load_config
 from cvgl.retrieve.runner import run_retrieval
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFile
-
 from cvgl.core.errors import UserError
 from cvgl.datasets.layouts import LAYOUTS, ImageList, list_images, unify_label_names, view_pair
 from cvgl.extract.images import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, collate, iter_batches, parse_resize
+from PIL import Image, ImageFile
 
 
 def _save(path: Path, img: Image.Image, **kw) -> Path:

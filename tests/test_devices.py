@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from cvgl.cache.store import CacheStore
 from cvgl.core.devices import resolve_device
 from cvgl.core.errors import UserError
+from PIL import Image
+
 from tests.test_pipeline_cli import cli, one_error_line
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")

@@ -13,7 +13,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from cvgl.core.errors import UserError
 from cvgl.extract.dinov3 import FACETS, VARIANTS, load_dinov3, meta_intermediate_size, resolve_variant
 

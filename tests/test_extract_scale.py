@@ -5,22 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cvgl.extract.runner as runner
 import h5py
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
-import cvgl.extract.runner as runner
-from cvgl.core.keys import content_key
 from cvgl.cache.store import CacheStore, EntryWriter
-from cvgl.core.errors import UserError
 from cvgl.configs.schema import load_config
+from cvgl.core.errors import UserError
+from cvgl.core.keys import content_key
 from cvgl.extract.distributed import Ranks
 from cvgl.extract.models import AUTO_BATCH_CPU, build_model, choose_batch_size, probe_batch_size
 from cvgl.extract.roots import image_lists
 from cvgl.extract.writer import WRITER_QUEUE, ShardSink, WriterThread
+from PIL import Image
 
 # A tiny random DINOv3 (2 blocks, width 32) on 32×32 images: 4 patches, milliseconds per batch.
 TINY = [
@@ -289,9 +288,8 @@ def test_corrupt_image_stops_with_its_path_then_skip_bad_goes_on(tmp_path):
 
 
 def test_wrong_weights_name_expected_and_found_shapes(tmp_path):
-    from safetensors.torch import save_file
-
     from cvgl.extract.dinov3 import load_dinov3
+    from safetensors.torch import save_file
 
     root = _folder(tmp_path / "ds", 4)
     small = load_dinov3("dinov3_vits16", arch_overrides={"depth": 2, "hidden_size": 32, "num_heads": 2})

@@ -8,8 +8,8 @@ import json
 import h5py
 import numpy as np
 import scipy.io
-
 from cvgl.cache.store import CacheStore
+
 from tests.test_pipeline_cli import cli, one_error_line
 
 

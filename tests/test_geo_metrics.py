@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from cvgl.core.errors import UserError
 from cvgl.retrieve.geo import geo_metrics, haversine_m, positions_for, read_gps_file
 from cvgl.retrieve.metrics import evaluate
+from PIL import Image
+
 from tests.test_pipeline_cli import cli, one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")

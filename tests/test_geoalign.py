@@ -7,7 +7,6 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-
 from cvgl.align.baselines import EMCVGLConfig, paired_drones, train_emcvgl, train_supervised
 from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
 from cvgl.align.optim import CAdamW, WarmupCosine, warmup_cosine_factor

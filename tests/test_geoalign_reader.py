@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from cvgl.align.geoalign_release import read_feature_dir, release_descriptors
 from cvgl.cache.importers import import_any
 from cvgl.cache.store import CacheStore
 from cvgl.core.errors import UserError
+
 from tests.test_geoalign_release import BACKBONE, write_release
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py

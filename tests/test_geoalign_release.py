@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-
 from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
 from cvgl.align.geoalign_release import (
     export_stream1,

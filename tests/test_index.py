@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cvgl.core.errors import UserError
 from cvgl.retrieve.index import add_chunks, build_flat_index, gpu_available, search
 from cvgl.retrieve.metrics import evaluate

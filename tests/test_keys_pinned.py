@@ -43,9 +43,8 @@ def _folder(root: Path) -> Path:
 def _checkpoint(folder: Path) -> Path:
     """A Hugging Face DINOv3 folder whose bytes are fixed: config.json text and numpy-seeded weights."""
     import torch
-    from safetensors.numpy import save_file
-
     from cvgl.extract.dinov3 import load_dinov3
+    from safetensors.numpy import save_file
 
     net = load_dinov3("dinov3_vits16", None, seed=0, arch_overrides={
         "depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,

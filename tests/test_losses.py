@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from cvgl.align.losses import (
     MIN_MUTUAL,
     Matches,

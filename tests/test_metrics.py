@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from cvgl.core.errors import UserError
 from cvgl.retrieve.metrics import (
     PROTOCOLS,

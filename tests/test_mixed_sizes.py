@@ -8,9 +8,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from cvgl.cache.store import CacheStore
 from PIL import Image
 
-from cvgl.cache.store import CacheStore
 from tests.test_pipeline_cli import cli, one_error_line
 
 # A tiny random DINOv3 (2 blocks, width 32): a few patches per image, milliseconds per batch.

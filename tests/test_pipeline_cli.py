@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cvgl.cache.store import CacheStore
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cvgl.datasets.naming import pair_roles, view_kind
+
 from tests.test_pipeline_cli import ROOT, cli, one_error_line
 
 DRIVER = r"""

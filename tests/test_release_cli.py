@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-
 from cvgl.cache.store import CacheStore
 from cvgl.retrieve.metrics import evaluate
+
 from tests.test_geoalign_release import reference_isms, reference_stream1, write_release
 from tests.test_pipeline_cli import cli, one_error_line
 

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from cvgl.cache.store import CacheStore
+from cvgl.configs.schema import load_config
 from cvgl.core.errors import UserError
 from cvgl.core.run_folder import RunFolder
-from cvgl.configs.schema import load_config
 from cvgl.retrieve.compare import compare_runs, write_comparison
 from cvgl.retrieve.reports import correct_matrix, recall_curve, select_queries, write_recall_png
 from cvgl.retrieve.runner import run_retrieval
+from PIL import Image
 
 ALLOW_NO_CHROMIUM = "CVGL_ALLOW_NO_CHROMIUM"
 IMAGE_RGB = (230, 0, 230)  # the test images' colour: its pixels in a screenshot mean the thumbnails rendered

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cvgl.core.errors import UserError
 from cvgl.retrieve.metrics import evaluate, evaluate_scores
 from cvgl.retrieve.rerank import k_reciprocal_distance

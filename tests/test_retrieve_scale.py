@@ -9,11 +9,10 @@ import faiss
 import numpy as np
 import pytest
 import torch
-
 from cvgl.cache.store import CacheStore
+from cvgl.configs.schema import load_config
 from cvgl.core.errors import UserError
 from cvgl.core.run_folder import RunFolder
-from cvgl.configs.schema import load_config
 from cvgl.retrieve.indexes import (
     IndexParams,
     ServedIndex,
@@ -29,6 +28,7 @@ from cvgl.retrieve.indexes import (
 )
 from cvgl.retrieve.metrics import evaluate, evaluate_scores, iter_array_chunks
 from cvgl.retrieve.runner import run_retrieval
+
 from tests.test_pipeline_cli import cli, one_error_line
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from cvgl.core.run_folder import RunFolder
 from cvgl.configs.schema import load_config
+from cvgl.core.run_folder import RunFolder
 
 
 def test_rerun_removes_the_model_files_the_earlier_run_listed_and_nothing_else(tmp_path):

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cvgl.orchestration.sweep_spec import build_sweep
 from PIL import Image
 
-from cvgl.orchestration.sweep_spec import build_sweep
-from tests.test_pipeline_cli import ROOT, TINY, cli, one_error_line
+from tests.test_pipeline_cli import TINY, cli, one_error_line
 
 # The pipeline's tiny demo, without the HTML reports (thumbnails are not what a sweep test is about).
 BASE = ["demo", *TINY, "retrieve.report=false"]

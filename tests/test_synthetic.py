@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from cvgl.core.errors import UserError
 from cvgl.datasets.layouts import list_images, view_pair
-from cvgl.extract.images import ImageDataset
 from cvgl.datasets.synthetic import MARKER, make_synthetic_u1652, synthetic_summary
+from cvgl.extract.images import ImageDataset
+from PIL import Image
 
 # Small but not trivial: 12 places, 4 distractors, 3 views each, 64 px; about a second to build.
 SMALL = dict(n_locations=12, n_distractors=4, views_per_location=3, size=64, train_locations=2)

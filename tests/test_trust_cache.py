@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from cvgl.cache.store import CacheStore
+
 from tests.test_pipeline_cli import TINY, cli, one_error_line
 
 GALLERY = "demo.gallery_satellite@2"

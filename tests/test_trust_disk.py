@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline_cli import ROOT, TINY, cli, one_error_line
+from tests.test_pipeline_cli import TINY, cli, one_error_line
 
 # TINY's dataset, a little larger so that generating it takes long enough for two processes to overlap.
 RACE = [*TINY, "dataset.synthetic.n_locations=24", "dataset.synthetic.n_distractors=8"]

@@ -16,9 +16,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cvgl.cache.store import CacheStore
 from PIL import Image
 
-from cvgl.cache.store import CacheStore
 from tests.test_pipeline_cli import cli, one_error_line
 
 # A tiny random DINOv3 over 32-pixel images: extraction in seconds, no worker processes.

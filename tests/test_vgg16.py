@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
-
 from cvgl.core.errors import UserError
 from cvgl.extract.vgg16 import (
     CVFT_AERIAL_SIZE,
@@ -16,6 +14,7 @@ from cvgl.extract.vgg16 import (
     load_vgg16,
     preprocess,
 )
+from safetensors.torch import save_file
 
 # torchvision's vgg16().features, written out here independently of the module under test:
 # (index in the Sequential, in_channels, out_channels) of each conv; pools follow indices 2, 7, 14, 21, 28.

@@ -8,10 +8,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
-
 from cvgl.datasets.layouts import VIGOR_CITIES, list_images
 from cvgl.retrieve.metrics import evaluate, evaluate_streaming, iter_array_chunks
+from PIL import Image
+
 from tests.test_pipeline_cli import cli, one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")

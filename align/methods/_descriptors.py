@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from cvgl.align.inputs import BRANCH, Layers, ViewData
 from cvgl.configs.schema import Config
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from cvgl.align.inputs import EntryRows, MapView
 from cvgl.align.registry import Method, register
 from cvgl.align.train_cvft import CVFTConfig, encode_aerial, encode_ground, train_cvft

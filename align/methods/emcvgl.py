@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
-
 from cvgl.align.baselines import EMCVGLConfig, train_emcvgl
 from cvgl.align.methods._descriptors import Encoders, encode_parts, key_params
 from cvgl.align.registry import Method, register

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from cvgl.align.isms import isms_config_dict, isms_input, train_isms
 from cvgl.align.methods._descriptors import Encoders, encode_parts, key_params
 from cvgl.align.registry import Method, register

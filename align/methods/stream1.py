@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
-
 from cvgl.align.geoalign import Stream1Config
 from cvgl.align.methods._descriptors import Encoders, encode_parts, key_params
 from cvgl.align.methods.isms import train_isms_part
