@@ -233,7 +233,7 @@ class RetrieveConfig:
 
 @dataclass
 class SweepConfig:
-    """``pipeline sweep``: a grid of overrides, each point an ordinary run (see configs/sweep.py).
+    """``pipeline sweep``: a grid of overrides, each point an ordinary run (see orchestration/sweep_spec.py).
 
     ``grid`` and ``zip`` map a config field (``align.method``, ``align.isms.lr``, ``seed`` …) to a list of
     values; nested mappings are read as dotted paths. Other commands ignore this section.
