@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from cvgl.core.bounded_yaml import YAMLBoundError, load_yaml
 from cvgl.core.errors import UserError
 from torch import nn
 
@@ -198,7 +199,9 @@ class Stream1Config:
         if not p.is_file():
             raise UserError(f"GeoAlign stream-1 config not found: {p}; pass the path to base_stream1.yml")
         try:
-            raw = yaml.safe_load(p.read_text())
+            raw = load_yaml(p.read_text(), str(p))
+        except YAMLBoundError as e:
+            raise UserError(str(e)) from None
         except yaml.YAMLError as e:
             raise UserError(
                 f"{p} is not valid YAML ({str(e).splitlines()[0]}); fix or re-download the config"

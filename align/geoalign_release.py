@@ -29,6 +29,7 @@ from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
 from cvgl.align.isms import ISMS, isms_input
 from cvgl.cache.importers import read_geoalign_view
 from cvgl.core.atomic import write_text_atomic
+from cvgl.core.bounded_yaml import load_yaml
 from cvgl.core.errors import UserError
 
 STREAM1_CONFIG = Path("configs/base_stream1.yml")
@@ -181,8 +182,8 @@ def isms_layers_from_name(path: str | Path) -> tuple[int, ...] | None:
 def stream1_layer_from_config(path: str | Path) -> int:
     """The backbone layer stream 1 reads: the last component of ``eval.feat`` (…/dinov3_vith16plus/28)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        raw = load_yaml(Path(path).read_text(), str(path)) or {}
+    except (OSError, ValueError, yaml.YAMLError):
         return DEFAULT_STREAM1_LAYER
     feat = str((raw.get("eval") or {}).get("feat", "")).rstrip("/")
     tail = feat.rsplit("/", 1)[-1]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cvgl.core.bounded_yaml import YAMLBoundError, load_yaml
 from cvgl.core.errors import UserError
 
 LAYOUTS = ("u1652", "folder", "synthetic", "sues200", "cvusa", "cvact", "geoalign_release", "vigor", "denseuav")
@@ -411,9 +412,11 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         k, v = split_override(item)
         k = SHORTHANDS.get(k, k)
         try:
-            val = yaml.safe_load(v) if v.strip() else None
+            val = load_yaml(v, f"override {item[:60]!r}") if v.strip() else None
         except yaml.YAMLError:
             val = v
+        except YAMLBoundError as e:
+            raise UserError(str(e)) from None
         out.append((k, val))
     return out
 
@@ -434,7 +437,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                 ) from None
             raise
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = load_yaml(p.read_text(encoding="utf-8"), f"config {p}")
+        except YAMLBoundError as e:
+            raise UserError(str(e)) from None
         except yaml.YAMLError as e:
             raise UserError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
         except UnicodeDecodeError:

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 from cvgl.configs.schema import Config, to_dict
 from cvgl.core.atomic import atomic_path, write_text_atomic
+from cvgl.core.bounded_yaml import load_yaml
 from cvgl.core.errors import UserError
 from cvgl.orchestration.sweep_spec import Point, Sweep, display
 
@@ -89,7 +90,7 @@ def finished(point: Point) -> bool:
     folder = point.folder
     try:
         info = json.loads((folder / "run.json").read_text())
-        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        saved = load_yaml((folder / "config.yaml").read_text(), str(folder / "config.yaml"))
     except (OSError, ValueError, yaml.YAMLError):
         return False
     return (

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 from cvgl.configs.schema import SHORTHANDS, Config, SweepConfig, load_config, split_override, to_dict
+from cvgl.core.bounded_yaml import YAMLBoundError, load_yaml
 from cvgl.core.errors import UserError
 
 # What decides the extracted entries: points equal in these sections share their extraction.
@@ -125,7 +126,9 @@ def parse_axis(item: str, flag: str) -> tuple[str, Any]:
         item, what=flag, form="KEY=[v1,v2,...]", example=f"{flag} align.method=[isms,geoalign]"
     )
     try:
-        values = yaml.safe_load(text) if text.strip() else None
+        values = load_yaml(text, f"{flag} {item[:60]!r}") if text.strip() else None
+    except YAMLBoundError as e:
+        raise UserError(str(e)) from None
     except yaml.YAMLError:
         raise UserError(f"{flag} {item!r}: the values are not a YAML list; write {key}=[v1,v2,...]") from None
     return key, values
