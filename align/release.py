@@ -30,7 +30,7 @@ def run_release(cfg: Config, store: CacheStore, run: RunFolder) -> tuple[str, st
         release_descriptors,
     )
     from cvgl.cache.importers import import_geoalign
-    from cvgl.core.keys import weights_digest
+    from cvgl.core.keys import file_digest
 
     if not cfg.dataset.root:
         raise UserError(
@@ -57,7 +57,7 @@ def run_release(cfg: Config, store: CacheStore, run: RunFolder) -> tuple[str, st
     q, q_lab, q_names, g, g_lab, g_names = release_descriptors(
         root, mode, cfg.dataset.model, cfg.align.fusion
     )
-    digests = {str(f): weights_digest(root / f, store.memo) for f in files}
+    digests = {str(f): file_digest(root / f, store.memo) for f in files}
     parents = sorted(e.key for _, e in imported)
     tag = "fusion" if cfg.align.fusion else "stream1"
     out = []

@@ -49,16 +49,20 @@ class DigestMemo:
     """sha256 of files memoized by (absolute path, size, mtime_ns) in a JSON file of the cache root.
 
     Hashing a multi-GB checkpoint takes seconds; the memo makes every later run free. A changed
-    file changes size or mtime, so a stale digest is never reused.
+    file changes size or mtime, so a stale digest is never reused. :meth:`digest` only records;
+    :meth:`save` writes the file once, after all the files of one checkpoint are hashed.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._data: dict[str, str] = {}
+        self._dirty = False
         if path is not None and path.exists():
             try:
                 self._data = json.loads(path.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
+                self._data = {}
+            if not isinstance(self._data, dict):
                 self._data = {}
 
     def digest(self, file: Path) -> str:
@@ -66,27 +70,42 @@ class DigestMemo:
         memo_key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if memo_key not in self._data:
             self._data[memo_key] = file_sha256(file)
-            self._save()
+            self._dirty = True
         return self._data[memo_key]
 
-    def _save(self) -> None:
-        if self.path is None:
+    def save(self) -> None:
+        """Write the memo when a digest was added since it was read or last saved."""
+        if self.path is None or not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json.dumps(self._data))
+        self._dirty = False
 
 
-def weights_digest(path: str | os.PathLike, memo: DigestMemo | None = None) -> str:
-    """Digest of a checkpoint file, or of a folder (e.g. a Hugging Face model folder) file by file."""
-    p = Path(path)
+def files_digest(root: str | os.PathLike, files: Iterable[str], memo: DigestMemo | None = None) -> str:
+    """Digest of a checkpoint: ``root``'s own sha256 when ``files`` is ``[""]``, else the digest of the
+    listed files under the folder ``root`` (relative path and sha256 of each, in path order).
+
+    The caller decides which files are weights; nothing else under ``root`` is read. The memo is
+    saved once, at the end.
+    """
+    root = Path(root)
     memo = memo or DigestMemo(None)
-    if p.is_file():
-        return memo.digest(p)
-    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(p).as_posix().encode() + b"\0" + memo.digest(f).encode() + b"\n")
-    return h.hexdigest()
+    names = list(files)
+    try:
+        if names == [""]:
+            return memo.digest(root)
+        h = hashlib.sha256()
+        for rel in sorted(Path(n) for n in names):
+            h.update(rel.as_posix().encode() + b"\0" + memo.digest(root / rel).encode() + b"\n")
+        return h.hexdigest()
+    finally:
+        memo.save()
+
+
+def file_digest(path: str | os.PathLike, memo: DigestMemo | None = None) -> str:
+    """sha256 of one checkpoint file, through the memo."""
+    return files_digest(path, [""], memo)
 
 
 def image_list_digest(root: str | os.PathLike, names: Iterable[str], *, strict: bool = False) -> str:

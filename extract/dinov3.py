@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import operator
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 from cvgl.core.errors import UserError
+from cvgl.extract.weight_files import HF_CONFIG, HF_INDEX, weight_files
 from torch import Tensor, nn
 
 FACETS: tuple[str, ...] = ("token", "query", "key", "value")
@@ -373,39 +375,30 @@ def load_dinov3(
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
-    """Tensors of a checkpoint file or folder, plus the folder's config.json when there is one."""
-    if not path.exists():
+    """Tensors of a checkpoint file or folder, plus the folder's config.json when there is one.
+
+    The files read are those :func:`weight_files` names (checked to be regular files), the same ones
+    the cache key hashes.
+    """
+    if not os.path.lexists(path):
         raise UserError(f"DINOv3 weights not found: {path}; give a Hugging Face folder or Meta's .pth file")
-    if path.is_dir():
-        config_file = path / "config.json"
-        config = None
-        if config_file.is_file():
-            try:
-                config = json.loads(config_file.read_text())
-            except (OSError, ValueError) as err:
-                raise UserError(
-                    f"cannot read {config_file}: {err}; restore the folder's config.json"
-                ) from err
-        single = path / "model.safetensors"
-        index = path / "model.safetensors.index.json"
-        if single.is_file():
-            return _read_safetensors(single), config
-        if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (OSError, ValueError, KeyError, AttributeError) as err:
-                raise UserError(f"cannot read the shard index {index}: {err}; restore the file") from err
-            state: dict[str, Tensor] = {}
-            for shard in shards:
-                state.update(_read_safetensors(path / shard))
-            return state, config
-        raise UserError(
-            f"{path} has no model.safetensors or model.safetensors.index.json; "
-            "point backbone weights at a Hugging Face DINOv3 folder or at Meta's .pth file"
-        )
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path), None
-    return _read_torch(path), None
+    files = weight_files(path)
+    if files == [""]:
+        if path.suffix == ".safetensors":
+            return _read_safetensors(path), None
+        return _read_torch(path), None
+    config = None
+    if HF_CONFIG in files:
+        config_file = path / HF_CONFIG
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:
+            raise UserError(f"cannot read {config_file}: {err}; restore the folder's config.json") from None
+    state: dict[str, Tensor] = {}
+    for name in files:
+        if name not in (HF_CONFIG, HF_INDEX):
+            state.update(_read_safetensors(path / name))
+    return state, config
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:

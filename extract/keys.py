@@ -10,6 +10,7 @@ appear only when they differ from their old defaults, so an entry extracted befo
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ import numpy as np
 from cvgl.cache.store import CacheStore, check_alias
 from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
-from cvgl.core.keys import weights_digest
 from cvgl.datasets.layouts import ImageList
 from cvgl.datasets.naming import extracted_alias, view_kind
+from cvgl.extract.weight_files import weights_digest
 
 Layer = int | str
 
@@ -101,9 +102,10 @@ def backbone_identity(cfg: Config, store: CacheStore) -> dict:
 
         # A Hub repo id is keyed by the digest of the files it resolves to, like a local folder.
         p = Path(resolve_weights(b.weights))
-        if not p.exists():
+        if not os.path.lexists(p):
             raise UserError(f"backbone weights {p} do not exist; set backbone.weights=PATH to a checkpoint")
-        digest = weights_digest(p, store.memo)
+        # Checked by name and type first; only the files the loader reads are hashed.
+        digest = weights_digest(p, store.memo, folder_allowed=not is_vgg(cfg))
     else:
         digest = f"random-init:seed={b.seed}"
     arch = vgg_arch(cfg) if is_vgg(cfg) else dict(sorted(b.arch.items()))

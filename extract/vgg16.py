@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from cvgl.core.errors import UserError
+from cvgl.extract.weight_files import weight_files
 from torch import nn
 
 #: CVFT input sizes as (height, width).
@@ -143,8 +144,9 @@ def _init_random(model: VGG16Backbone, seed: int) -> None:
 
 def _read_state(weights: str | Path) -> dict[str, torch.Tensor]:
     path = Path(weights)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"VGG16 weights file {path} not found; pass an existing .pth/.pt/.safetensors file")
+    weight_files(path, folder_allowed=False)  # a regular file: a FIFO or a folder is refused unread
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

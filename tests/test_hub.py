@@ -76,7 +76,7 @@ def test_hub_id_resolves_from_offline_cache_and_keys_like_the_same_local_folder(
     keys = _keys(tmp_path / "from_hub")
     assert keys and keys == _keys(tmp_path / "local")
     # The key holds the digest of the checkpoint the id resolved to, not a random-init seed.
-    from cvgl.core.keys import weights_digest
+    from cvgl.extract.weight_files import weights_digest
 
     for key in keys:
         spec = json.loads((cache / "entries" / key / "manifest.json").read_text())["spec"]

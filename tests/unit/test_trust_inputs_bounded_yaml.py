@@ -6,7 +6,6 @@ import time
 
 import pytest
 import yaml
-
 from cvgl.core.bounded_yaml import MAX_DEPTH, YAMLBoundError, load_yaml
 
 
