@@ -35,6 +35,7 @@ from cvgl.cache.shards import (
 )
 from cvgl.core.atomic import write_text_atomic
 from cvgl.core.errors import UserError
+from cvgl.core.path_errors import require_writable_folder
 from cvgl.core.keys import DigestMemo, content_key, file_sha256
 
 ENV_VAR = "PIPELINE_CACHE_DIR"
@@ -538,6 +539,12 @@ class CacheStore:
         self.aliases_dir = self.root / "aliases"
         self.locks_dir = self.root / "locks"
         self.memo = DigestMemo(self.root / "digests.json")
+
+    def require_writable(self) -> None:
+        """Create the cache root if needed; a root that cannot be written is one line, before any work."""
+        require_writable_folder(
+            self.root, "the cache folder", "give --cache-dir (or PIPELINE_CACHE_DIR) a folder you can write"
+        )
 
     @classmethod
     def open_default(cls, cache_dir: str | os.PathLike | None = None) -> CacheStore:

@@ -60,6 +60,26 @@ def _interrupted(t0: float) -> None:
     sys.exit(130)
 
 
+def _last_resort_message(e: BaseException) -> str | None:
+    """The one line for an error a user's input caused where no check named it first, else None."""
+    from cvgl.core.diskspace import is_no_space, no_space_error
+    from cvgl.core.path_errors import path_error
+
+    if is_no_space(e):
+        return str(no_space_error(getattr(e, "filename", None) or "a file"))
+    found = path_error(e)
+    if found is not None:
+        return str(found)
+    if isinstance(e, RecursionError):
+        return "the input nests too deeply to process (RecursionError); flatten the config, override or file given"
+    if isinstance(e, MemoryError):
+        return (
+            "out of memory (MemoryError): an input declares more data than this machine can hold; "
+            "check the file's shape, or run on a machine with more memory"
+        )
+    return None
+
+
 def run_cli(app: Any) -> None:
     """Run a typer ``app`` as the console entry point: bad input → one line on stderr, exit code 2."""
     debug = "--debug" in sys.argv
@@ -80,13 +100,15 @@ def run_cli(app: Any) -> None:
             traceback.print_exc()
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
-    except (OSError, RuntimeError) as e:
-        # Last resort for a full disk met outside the tool's own writers (which already say so).
-        from cvgl.core.diskspace import is_no_space, no_space_error
-
-        if debug or not is_no_space(e):
+    except (OSError, RuntimeError, MemoryError) as e:
+        # Last resort for what a user's input causes outside the checks made for it: a full disk, a
+        # read-only or forbidden folder, a name too long, input nested too deeply or too large.
+        if debug:
             raise
-        print(f"error: {no_space_error(getattr(e, 'filename', None) or 'a file')}", file=sys.stderr)
+        message = _last_resort_message(e)
+        if message is None:
+            raise
+        print(f"error: {one_line(message)}", file=sys.stderr)
         sys.exit(2)
     except exits as e:
         _show_warnings(caught)

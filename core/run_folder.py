@@ -25,6 +25,7 @@ import yaml
 from cvgl.core.atomic import write_json_atomic, write_text_atomic
 from cvgl.core.diskspace import disk_full_is_user_error
 from cvgl.core.errors import UserError
+from cvgl.core.path_errors import require_writable_folder
 
 _PACKAGES = (
     "cvgl-pipeline",
@@ -140,7 +141,9 @@ class RunFolder:
                 i += 1
         self.path = path
         with disk_full_is_user_error(self.path):
-            self.path.mkdir(parents=True, exist_ok=True)
+            require_writable_folder(
+                self.path, "the run folder", "set out= to a folder you can write (or run from one)"
+            )
         # A folder that already holds a run.json is an earlier run's: its results go before this run
         # starts, so whatever this run ends with, nothing in the folder is mistaken for its result.
         self.replaced = _remove_earlier_results(self.path) if (self.path / "run.json").is_file() else []

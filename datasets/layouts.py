@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
+from cvgl.core.path_errors import PATH_ERRNOS, show_path
 
 # Lower-case suffixes we decode; anything else in an image folder (thumbnails databases, READMEs,
 # annotation files) is ignored rather than treated as an error.
@@ -133,10 +135,16 @@ def _check_simple_name(kind: str, value: str) -> None:
 
 def _resolve_root(root: str | os.PathLike[str], hint: str) -> Path:
     root_path = Path(root).expanduser()
-    if not root_path.exists():
-        raise UserError(f"dataset root {root_path} does not exist; set dataset.root={hint}")
-    if not root_path.is_dir():
-        raise UserError(f"dataset root {root_path} is not a folder; set dataset.root={hint}")
+    try:
+        st = root_path.stat()
+    except FileNotFoundError:
+        raise UserError(f"dataset root {show_path(root_path)} does not exist; set dataset.root={hint}") from None
+    except OSError as e:
+        # A name too long for the system, a loop of links, a file as a parent: the same fix.
+        reason = PATH_ERRNOS.get(e.errno or 0) or e.strerror
+        raise UserError(f"dataset root {show_path(root_path)} cannot be used: {reason}; set dataset.root={hint}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"dataset root {show_path(root_path)} is not a folder; set dataset.root={hint}")
     return root_path
 
 

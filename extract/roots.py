@@ -9,6 +9,7 @@ from cvgl.cache.store import CacheStore
 from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
 from cvgl.core.keys import content_key
+from cvgl.core.path_errors import check_path_usable
 from cvgl.datasets.layouts import ImageList, list_images
 from cvgl.datasets.naming import dataset_views
 
@@ -16,6 +17,8 @@ from cvgl.datasets.naming import dataset_views
 def dataset_root(cfg: Config, store: CacheStore) -> Path:
     """The dataset folder; the synthetic layout is generated (once, deterministically) on demand."""
     ds = cfg.dataset
+    if ds.root:
+        check_path_usable(ds.root, "dataset.root", "set dataset.root to an existing folder")
     if ds.layout == "synthetic":
         from cvgl.datasets.synthetic import make_synthetic_u1652, synthetic_summary
 

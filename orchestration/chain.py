@@ -50,6 +50,7 @@ def in_run_folder(
     from cvgl.core.run_folder import RunFolder
 
     store = CacheStore.open_default(cache_dir)
+    store.require_writable()
     folder = RunFolder(cfg, stage, cache_root=store.root)
     try:
         result = work(cfg, store, folder)

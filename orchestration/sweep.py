@@ -283,6 +283,7 @@ def run_sweep(
         from cvgl.extract.runner import run_extraction
 
         store = CacheStore(cache_root)
+        store.require_writable()
         root = str(store.root.absolute())
         sweep.out.mkdir(parents=True, exist_ok=True)
         for name in TABLE_FILES:  # a table on disk must always be a finished sweep's
