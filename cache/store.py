@@ -35,8 +35,8 @@ from cvgl.cache.shards import (
 )
 from cvgl.core.atomic import write_text_atomic
 from cvgl.core.errors import UserError
-from cvgl.core.path_errors import require_writable_folder
 from cvgl.core.keys import DigestMemo, content_key, file_sha256
+from cvgl.core.path_errors import require_writable_folder
 
 ENV_VAR = "PIPELINE_CACHE_DIR"
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 
 import pytest
-
 from cvgl.core.cli import _last_resort_message
 from cvgl.core.errors import UserError
 from cvgl.core.path_errors import check_path_usable, require_writable_folder, show_path
