@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 from cvgl.core.errors import UserError
@@ -89,3 +90,33 @@ def check_path_usable(path: str | os.PathLike[str], what: str, fix: str) -> None
     except OSError as e:
         reason = PATH_ERRNOS.get(e.errno or 0) or e.strerror or type(e).__name__
         raise UserError(f"{what} {show_path(path)} cannot be used: {reason}; {fix}") from None
+
+
+def _kind(mode: int) -> str:
+    for test, word in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return word
+    return "not a regular file"
+
+
+def require_regular_file(path: Path, what: str, fix: str = "give a regular file") -> os.stat_result:
+    """``path``'s stat (links followed) when it is a regular file, else a one-line :class:`UserError`.
+
+    Nothing else is ever opened for reading: a FIFO or a terminal blocks, a device never ends.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{what} {show_path(path)} does not exist; {fix}") from None
+    except OSError as e:
+        reason = PATH_ERRNOS.get(e.errno or 0) or e.strerror or type(e).__name__
+        raise UserError(f"{what} {show_path(path)} cannot be read: {reason}; {fix}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{what} {show_path(path)} is {_kind(st.st_mode)}, not a file; {fix}")
+    return st

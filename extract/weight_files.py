@@ -14,47 +14,22 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path, PurePosixPath
 
 from cvgl.core.errors import UserError
 from cvgl.core.keys import DigestMemo, files_digest
+from cvgl.core.path_errors import require_regular_file
 
 HF_SINGLE = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
 HF_CONFIG = "config.json"
 # A shard index names a few hundred shards at most; its size bounds what is parsed.
 MAX_INDEX_BYTES = 64 << 20
-
-
-def _kind(mode: int) -> str:
-    for test, word in (
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISDIR, "a directory"),
-    ):
-        if test(mode):
-            return word
-    return "not a regular file"
-
-
-def require_regular_file(path: Path, what: str) -> os.stat_result:
-    """``path``'s stat (links followed) when it is a regular file, else a one-line :class:`UserError`."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} does not exist") from None
-    except OSError as e:
-        raise UserError(f"{what} {path} cannot be read ({e.strerror or e}); check the path") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UserError(f"{what} {path} is {_kind(st.st_mode)}, not a file; give a checkpoint file")
-    return st
+_FIX = "set backbone.weights to a checkpoint file or a Hugging Face model folder"
 
 
 def _shard_names(index: Path) -> list[str]:
-    st = require_regular_file(index, "the shard index")
+    st = require_regular_file(index, "the shard index", _FIX)
     if st.st_size > MAX_INDEX_BYTES:
         raise UserError(f"the shard index {index} is {st.st_size} bytes, not a shard index; restore the file")
     try:
@@ -83,7 +58,7 @@ def weight_files(path: Path, *, folder_allowed: bool = True) -> list[str]:
     except OSError as e:
         raise UserError(f"backbone weights {path} cannot be read ({e.strerror or e}); check the path") from None
     if not is_dir:
-        require_regular_file(path, "backbone weights")
+        require_regular_file(path, "backbone weights", _FIX)
         return [""]
     if not folder_allowed:
         raise UserError(
@@ -92,10 +67,10 @@ def weight_files(path: Path, *, folder_allowed: bool = True) -> list[str]:
         )
     files: list[str] = []
     if (path / HF_CONFIG).exists():
-        require_regular_file(path / HF_CONFIG, "the weights config")
+        require_regular_file(path / HF_CONFIG, "the weights config", _FIX)
         files.append(HF_CONFIG)
     if (path / HF_SINGLE).exists():
-        require_regular_file(path / HF_SINGLE, "backbone weights")
+        require_regular_file(path / HF_SINGLE, "backbone weights", _FIX)
         return files + [HF_SINGLE]
     if (path / HF_INDEX).exists():
         shards = _shard_names(path / HF_INDEX)
@@ -106,7 +81,7 @@ def weight_files(path: Path, *, folder_allowed: bool = True) -> list[str]:
                 "download the complete checkpoint folder"
             )
         for s in shards:
-            require_regular_file(path / s, "checkpoint shard")
+            require_regular_file(path / s, "checkpoint shard", _FIX)
         return sorted(files + [HF_INDEX, *shards])
     raise UserError(
         f"backbone weights {path} is a folder without weights: it has no {HF_SINGLE} or {HF_INDEX}; "
