@@ -26,13 +26,17 @@ layout), else -1 (unknown).
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from cvgl.cache.array_files import check_h5_descriptor, load_npy
 from cvgl.cache.store import CacheStore, Entry
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
+from cvgl.core.memory import check_fits_in_memory
+from cvgl.core.path_errors import require_regular_file
 
 FIELD_IMPORT_FORMATS = ("mat", "hloc", "vpr")
 FIELD_EXPORT_FORMATS = ("mat",)
@@ -93,26 +97,68 @@ def import_field_format(
 # University-1652's pytorch_result.mat
 
 
+# Bytes per element of each MATLAB class, as whosmat names them (a char is read as a 4-byte str).
+_MAT_BYTES = {
+    "double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4,
+    "int64": 8, "uint64": 8, "logical": 1, "char": 4,
+}
+# A .mat v5 file starts with a 128-byte header; anything shorter is empty or truncated.
+_MAT_HEADER = 128
+
+
 def _loadmat(path: Path) -> dict:
+    """The variables of a MATLAB v5 file, after its headers are checked: no variable is read before
+    its declared dims are known to be non-negative and to fit in the memory available."""
     import scipy.io
 
+    st = require_regular_file(path, "the .mat file", "give University-1652's pytorch_result.mat")
+    if st.st_size < _MAT_HEADER:
+        raise UserError(
+            f"{path} is empty or truncated ({st.st_size} bytes, less than a .mat header); "
+            "give University-1652's pytorch_result.mat"
+        )
     try:
-        return scipy.io.loadmat(str(path))
+        variables = scipy.io.whosmat(str(path))
+        total = 0
+        for name, dims, cls in variables:
+            if any(int(d) < 0 for d in dims):
+                raise UserError(f"{name} in {path} declares dims {list(dims)}; the file is corrupt, save it again")
+            total += math.prod(int(d) for d in dims) * _MAT_BYTES.get(cls, 8)
+        check_fits_in_memory(total, str(path))
+        data = scipy.io.loadmat(str(path))
+    except UserError:
+        raise
     except NotImplementedError:
         raise UserError(
             f"{path} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it with "
             "scipy.io.savemat or MATLAB's save -v7"
         ) from None
-    except (OSError, ValueError, TypeError) as e:
-        raise UserError(f"{path} is not a readable .mat file ({e}); give University-1652's pytorch_result.mat") from None
+    except Exception as e:  # scipy's parser raises many types (MatReadError, IndexError, …) on bad bytes
+        raise UserError(
+            f"{path} is not a readable .mat file, or is truncated ({type(e).__name__}: {str(e)[:120]}); "
+            "give University-1652's pytorch_result.mat"
+        ) from None
+    for name, dims, _cls in variables:
+        got = getattr(data.get(name), "shape", None)
+        if got is not None and tuple(got) != tuple(dims):
+            raise UserError(f"{name} in {path} declares dims {list(dims)} but holds {list(got)}; the file is corrupt")
+    return data
 
 
 def _mat_labels(value: np.ndarray, path: Path, key: str) -> np.ndarray:
     lab = np.asarray(value).reshape(-1)
     if lab.dtype.kind == "f" and np.isfinite(lab).all() and (lab == np.round(lab)).all():
-        lab = lab.astype(np.int64)  # MATLAB saves integers as doubles by default
+        # MATLAB saves integers as doubles by default; beyond ±2**63 a double is no int64 label.
+        if lab.size and float(np.abs(lab).max()) >= 2.0**63:
+            raise UserError(f"{key} in {path} holds labels beyond the int64 range; use labels below 2**63")
+        lab = lab.astype(np.int64)
     if lab.dtype.kind not in "iu":
         raise UserError(f"{key} in {path} holds {lab.dtype} values, expected integer labels")
+    if lab.dtype.kind == "u" and lab.size and int(lab.max()) > np.iinfo(np.int64).max:
+        raise UserError(
+            f"{key} in {path} holds {int(lab.max())}, beyond the int64 range of labels; use labels below 2**63 "
+            "(-1 = junk)"
+        )
     return lab.astype(np.int64)
 
 
@@ -223,10 +269,7 @@ def _read_labels(path: Path | None, names: list[str], source: Path) -> np.ndarra
     if path is not None:
         if not path.is_file():
             raise UserError(f"labels file {path} not found; give --labels labels.npy with one int per row")
-        try:
-            lab = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path} is not a readable .npy array ({e})") from None
+        lab = load_npy(path, "labels")
         if not np.issubdtype(lab.dtype, np.integer):
             raise UserError(f"labels in {path} are {lab.dtype}, expected integers")
         lab = lab.reshape(-1).astype(np.int64)
@@ -240,12 +283,20 @@ def _read_labels(path: Path | None, names: list[str], source: Path) -> np.ndarra
 
 
 def _hloc_names(f, limit: int | None = None) -> list[str]:
-    """Image names of an hloc file: the group path of every ``global_descriptor`` dataset."""
+    """Image names of an hloc file: the group path of every ``global_descriptor`` dataset.
+
+    A group name that is not UTF-8 (h5py hands it over as bytes) is a one-line :class:`UserError`.
+    """
     import h5py
 
     found: list[str] = []
 
-    def visit(name: str, obj) -> bool | None:
+    def visit(name: str | bytes, obj) -> bool | None:
+        if isinstance(name, bytes):
+            raise UserError(
+                f"{f.filename} holds a group name that is not UTF-8 ({name[:60]!r}); hloc names are image "
+                "paths, store them as UTF-8"
+            )
         if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] == HLOC_DATASET:
             found.append(name.rsplit("/", 1)[0] if "/" in name else "")
             if limit is not None and len(found) >= limit:
@@ -257,10 +308,15 @@ def _hloc_names(f, limit: int | None = None) -> list[str]:
 
 
 def import_hloc(store: CacheStore, path: Path, *, alias: str | None, labels: Path | None) -> tuple[str, Entry]:
-    """Import hloc's global-descriptor HDF5 (``<name>/global_descriptor`` per image) as one entry."""
+    """Import hloc's global-descriptor HDF5 (``<name>/global_descriptor`` per image) as one entry.
+
+    Every dataset is checked from its metadata (real-valued, a non-empty vector, stored as declared,
+    one dimension for all) and the whole is checked against the memory available before any row is read.
+    """
     import h5py
     from cvgl.cache.importers import import_arrays
 
+    require_regular_file(path, "the hloc file", "give hloc's global-feature .h5 file")
     try:
         with h5py.File(path, "r") as f:
             names = sorted(_hloc_names(f))
@@ -269,15 +325,18 @@ def import_hloc(store: CacheStore, path: Path, *, alias: str | None, labels: Pat
                     f"{path} holds no '{HLOC_DATASET}' datasets; give hloc's global-feature file "
                     "(extract_features.py with a global model such as netvlad)"
                 )
-            rows = [np.asarray(f[f"{n}/{HLOC_DATASET}"][...]).reshape(-1) for n in names]
+            datasets = [f[f"{n}/{HLOC_DATASET}"] for n in names]
+            dims = sorted({check_h5_descriptor(ds, f"{path}:{n}/{HLOC_DATASET}") for n, ds in zip(names, datasets)})
+            if len(dims) != 1:
+                raise UserError(
+                    f"{path} holds global descriptors of dimensions {dims[:8]}; every image needs the same dimension"
+                )
+            check_fits_in_memory(len(names) * dims[0] * 4, f"{path} ({len(names):,} descriptors of {dims[0]:,} values)")
+            desc = np.empty((len(names), dims[0]), np.float32)
+            for i, ds in enumerate(datasets):
+                desc[i] = np.asarray(ds[...]).reshape(-1)
     except OSError as e:
         raise UserError(f"{path} is not a readable HDF5 file ({e})") from None
-    dims = {r.shape[0] for r in rows}
-    if len(dims) != 1:
-        raise UserError(
-            f"{path} holds global descriptors of dimensions {sorted(dims)}; every image needs the same dimension"
-        )
-    desc = np.stack(rows).astype(np.float32, copy=False)
     a = alias or path.stem
     entry = import_arrays(
         store,
@@ -310,10 +369,7 @@ def import_vpr(
     folder = _vpr_folder(source)
     arrays = {}
     for side, file in VPR_FILES.items():
-        try:
-            arrays[side] = np.load(folder / file, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{folder / file} is not a readable .npy array ({e})") from None
+        arrays[side] = load_npy(folder / file, "descriptors")
         if arrays[side].ndim != 2:
             raise UserError(f"{folder / file} has shape {list(arrays[side].shape)}; expected [n, d]")
     n_db, n_q = arrays["database"].shape[0], arrays["queries"].shape[0]

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from cvgl.cache.array_files import KIND_WORDS, REAL_KINDS, load_npy
 from cvgl.cache.store import CacheStore, Entry, check_alias
 from cvgl.core.atomic import atomic_path, write_text_atomic
 from cvgl.core.errors import UserError
+from cvgl.datasets.layouts import display_name, name_problem
 
 GEOALIGN_VIEWS = ("sat", "dro")
 
@@ -32,25 +34,10 @@ def _content_digest(desc: np.ndarray, labels: np.ndarray, names: list[str]) -> s
     return h.hexdigest()
 
 
-# dtype kinds that are real numbers: float, signed and unsigned integers. Everything else (complex,
-# bool, strings, bytes, Python objects, records, dates) would be cast silently or fail deep inside.
-_REAL_KINDS = frozenset("fiu")
-_KIND_WORDS = {
-    "c": "complex numbers (casting would drop the imaginary part)",
-    "U": "text strings",
-    "S": "byte strings",
-    "O": "Python objects",
-    "b": "booleans",
-    "V": "records",
-    "M": "dates",
-    "m": "time spans",
-}
-
-
 def _check_descriptors(desc: np.ndarray, where: Any) -> None:
     """Refuse (UserError) descriptors that are not a real-valued ``[n, d, …]`` array."""
-    if desc.dtype.kind not in _REAL_KINDS:
-        what = _KIND_WORDS.get(desc.dtype.kind, "not real numbers")
+    if desc.dtype.kind not in REAL_KINDS:
+        what = KIND_WORDS.get(desc.dtype.kind, "not real numbers")
         raise UserError(
             f"descriptors in {where} have dtype {desc.dtype} ({what}); "
             "import a real-valued float array [n, d]"
@@ -91,6 +78,12 @@ def _decode_names(raw: Iterable[Any], where: Any) -> list[str]:
                 raise UserError(
                     f"name {i} in {where} is not valid UTF-8 text ({n[:40]!r}); store the names as UTF-8 text"
                 ) from None
+        if "\n" in n or "\r" in n:
+            # Extraction refuses such names too: every line-oriented listing would split them.
+            raise UserError(
+                f"name {i} in {where} ({display_name(n)[:80]}) {name_problem(n)}; names are one line each, "
+                "remove the line breaks"
+            )
         out.append(n)
     return out
 
@@ -162,38 +155,17 @@ def _read_names(path: Path | None, n: int, default_prefix: str) -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def _load_npy(path: Path, what: str) -> np.ndarray:
-    """A ``.npy`` array, never unpickled; an object array is refused by its dtype, read from the header."""
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        try:
-            with open(path, "rb") as fh:
-                version = np.lib.format.read_magic(fh)
-                fmt = np.lib.format
-                read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-                dtype = read(fh)[2]
-        except (OSError, ValueError):
-            dtype = None
-        if dtype is not None and dtype.hasobject:
-            raise UserError(
-                f"{what} in {path} have dtype object (Python objects, loadable only by unpickling); "
-                "save a numeric array"
-            ) from None
-        raise UserError(f"{path} is not a readable .npy array ({e})") from None
-
-
 def import_npy(
     store: CacheStore, path: Path, *, labels: Path | None, names: Path | None, alias: str | None
 ) -> Entry:
-    desc = _load_npy(path, "descriptors")
+    desc = load_npy(path, "descriptors")
     _check_descriptors(desc, path)
     if labels is None:
         lab = np.full(desc.shape[0], -1, np.int64)
     else:
         if not labels.is_file():
             raise UserError(f"labels file {labels} not found; give --labels labels.npy with one int per row")
-        lab = _load_npy(labels, "labels")
+        lab = load_npy(labels, "labels")
         _check_labels(lab, labels)
     return import_arrays(
         store,
