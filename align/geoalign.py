@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from cvgl.core.bounded_yaml import YAMLBoundError, load_yaml
 from cvgl.core.errors import UserError
+from cvgl.core.path_errors import read_text_file
 from torch import nn
 
 INITS = ("isometric", "default")
@@ -199,7 +200,7 @@ class Stream1Config:
         if not p.is_file():
             raise UserError(f"GeoAlign stream-1 config not found: {p}; pass the path to base_stream1.yml")
         try:
-            raw = load_yaml(p.read_text(), str(p))
+            raw = load_yaml(read_text_file(p, "GeoAlign stream-1 config", "pass base_stream1.yml"), str(p))
         except YAMLBoundError as e:
             raise UserError(str(e)) from None
         except yaml.YAMLError as e:

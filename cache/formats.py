@@ -36,7 +36,7 @@ from cvgl.cache.store import CacheStore, Entry
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
 from cvgl.core.memory import check_fits_in_memory
-from cvgl.core.path_errors import require_regular_file
+from cvgl.core.path_errors import read_text_file, require_regular_file
 
 FIELD_IMPORT_FORMATS = ("mat", "hloc", "vpr")
 FIELD_EXPORT_FORMATS = ("mat",)
@@ -381,7 +381,8 @@ def import_vpr(
     if names is not None:
         if not names.is_file():
             raise UserError(f"names file {names} not found; give a text file with one name per line")
-        all_names = [ln for ln in names.read_text().splitlines() if ln.strip()]
+        text = read_text_file(names, "names file", "save it as UTF-8 text, one name per line")
+        all_names = [ln for ln in text.splitlines() if ln.strip()]
         if len(all_names) != n_db + n_q:
             raise UserError(
                 f"{names} has {len(all_names)} names but {folder} holds {n_db} database + {n_q} query rows; "

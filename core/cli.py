@@ -72,6 +72,11 @@ def _last_resort_message(e: BaseException) -> str | None:
         return str(found)
     if isinstance(e, RecursionError):
         return "the input nests too deeply to process (RecursionError); flatten the config, override or file given"
+    if isinstance(e, UnicodeDecodeError):
+        return (
+            f"an input file is not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); "
+            "save it as UTF-8 (rerun with --debug to see which file)"
+        )
     if isinstance(e, MemoryError):
         return (
             "out of memory (MemoryError): an input declares more data than this machine can hold; "
@@ -100,7 +105,7 @@ def run_cli(app: Any) -> None:
             traceback.print_exc()
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
-    except (OSError, RuntimeError, MemoryError) as e:
+    except (OSError, RuntimeError, MemoryError, UnicodeDecodeError) as e:
         # Last resort for what a user's input causes outside the checks made for it: a full disk, a
         # read-only or forbidden folder, a name too long, input nested too deeply or too large.
         if debug:

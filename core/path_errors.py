@@ -120,3 +120,25 @@ def require_regular_file(path: Path, what: str, fix: str = "give a regular file"
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"{what} {show_path(path)} is {_kind(st.st_mode)}, not a file; {fix}")
     return st
+
+
+def read_text_file(path: str | os.PathLike[str], what: str, fix: str) -> str:
+    """A user's text file as UTF-8 text, or one line naming it: ``what`` names the file (``VIGOR split
+    file``), ``fix`` says what to give instead. Only a regular file is opened (a FIFO would block).
+    A byte that is not UTF-8 is named with its line and offset, so it can be found and fixed.
+    """
+    p = Path(path)
+    require_regular_file(p, what, fix)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        reason = PATH_ERRNOS.get(e.errno or 0) or e.strerror or type(e).__name__
+        raise UserError(f"{what} {show_path(p)} cannot be read: {reason}; {fix}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(
+            f"{what} {show_path(p)} is not UTF-8 text (line {line}, byte {e.start}: "
+            f"{data[e.start : e.start + 1]!r}); save it as UTF-8"
+        ) from None

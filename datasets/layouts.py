@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
-from cvgl.core.path_errors import PATH_ERRNOS, show_path
+from cvgl.core.path_errors import PATH_ERRNOS, read_text_file, show_path
 
 # Lower-case suffixes we decode; anything else in an image folder (thumbnails databases, READMEs,
 # annotation files) is ignored rather than treated as an error.
@@ -410,7 +410,7 @@ def _read_cvusa(root: Path, view: str, split: str, altitude: int | None = None) 
         )
     column = 1 if view == "ground" else 0
     names: list[str] = []
-    for lineno, line in enumerate(csv.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text_file(csv, "CVUSA split file", "restore the file").splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split(",")
@@ -563,7 +563,7 @@ def _vigor_file(root: Path, rel: str) -> Path:
 def _read_vigor_rows(path: Path) -> list[tuple[int, list[str]]]:
     """(line number, 13 columns) of every non-empty row of a VIGOR label file."""
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text_file(path, "VIGOR split file", "restore the file").splitlines(), start=1):
         cols = line.split()
         if not cols:
             continue
@@ -599,7 +599,7 @@ def _read_vigor(
     sat_index: dict[str, int] = {}  # file name -> label (Sample4Geo keys by the bare file name too)
     for city in cities:
         listing = _vigor_file(root, f"splits/{city}/satellite_list.txt")
-        for line in listing.read_text().splitlines():
+        for line in read_text_file(listing, "VIGOR split file", "restore the file").splitlines():
             cols = line.split()
             if cols:
                 sat_index.setdefault(cols[0], len(sat_names))

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
+from cvgl.core.path_errors import read_text_file
 
 ANSWER_TOPK = 10
 
@@ -74,7 +75,8 @@ def answer_rows(order_file: str | Path | None, q_names: list[str]) -> np.ndarray
         raise UserError(
             f"retrieve.answer_order file {path} not found; give the challenge's query_drone_name.txt"
         )
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    text = read_text_file(path, "retrieve.answer_order file", "give the challenge's query_drone_name.txt")
+    lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln]
     if not lines:
         raise UserError(f"retrieve.answer_order file {path} lists no queries; give query_drone_name.txt")

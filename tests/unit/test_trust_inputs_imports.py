@@ -10,7 +10,6 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
-
 from cvgl.cache.array_files import load_npy
 from cvgl.cache.importers import import_any
 from cvgl.cache.store import CacheStore

@@ -48,3 +48,11 @@ def test_check_path_usable_passes_missing_and_refuses_too_long(tmp_path):
     check_path_usable(tmp_path / "missing", "dataset.root", "fix")
     with pytest.raises(UserError, match="too long"):
         check_path_usable(tmp_path / ("a" * 5000), "dataset.root", "fix")
+
+
+def test_a_text_file_that_is_not_utf8_is_one_line():
+    try:
+        b"ab\xffc".decode("utf-8")
+    except UnicodeDecodeError as e:
+        msg = _last_resort_message(e)
+    assert msg is not None and "not UTF-8" in msg and "byte 2" in msg
