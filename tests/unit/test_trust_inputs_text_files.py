@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from cvgl.core.errors import UserError
 from cvgl.core.path_errors import read_text_file
 from cvgl.datasets.layouts import VIGOR_CITIES, list_images
