@@ -97,12 +97,19 @@ def check_h5_descriptor(ds: Any, where: str) -> int:
     size = math.prod(int(d) for d in ds.shape)
     if size == 0:
         raise UserError(f"{where} is empty (shape {list(ds.shape)}); store a 1-D array [d] with d > 0")
-    need = size * dtype.itemsize
+    check_h5_stored(ds, where, size * dtype.itemsize)
+    return size
+
+
+def check_h5_stored(ds: Any, where: str, need: int | None = None) -> None:
+    """An uncompressed HDF5 dataset must store the bytes its extent declares (``need``, default its
+    size), else it was never written or the file is truncated: reading it would return fill values."""
+    if need is None:
+        need = declared_bytes(tuple(ds.shape or ()), np.dtype(ds.dtype))
     if ds.id.get_create_plist().get_nfilters() == 0:  # compressed data may rightly store less
         stored = ds.id.get_storage_size()
         if stored < need:
             raise UserError(
-                f"{where} declares {size:,} values ({human_bytes(need)}) but stores {human_bytes(stored)}: it was "
-                "never written or the file is truncated; write the descriptors again"
+                f"{where} declares {human_bytes(need)} of data but stores {human_bytes(stored)}: it was never "
+                "written or the file is truncated; write the array again"
             )
-    return size

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from cvgl.cache.array_files import KIND_WORDS, REAL_KINDS, load_npy
+from cvgl.cache.array_files import KIND_WORDS, REAL_KINDS, check_h5_stored, declared_bytes, load_npy
 from cvgl.cache.store import CacheStore, Entry, check_alias
 from cvgl.core.atomic import atomic_path, write_text_atomic
 from cvgl.core.errors import UserError
+from cvgl.core.memory import check_fits_in_memory
 from cvgl.datasets.layouts import display_name, name_problem
 
 GEOALIGN_VIEWS = ("sat", "dro")
@@ -182,7 +183,10 @@ def import_h5(store: CacheStore, path: Path, *, alias: str | None) -> Entry:
 
     try:
         with h5py.File(path, "r") as f:
-            desc = np.asarray(f["descriptors"][...])
+            ds = f["descriptors"]
+            check_h5_stored(ds, f"{path}:descriptors")
+            check_fits_in_memory(declared_bytes(tuple(ds.shape or ()), np.dtype(ds.dtype)), f"{path}:descriptors")
+            desc = np.asarray(ds[...])
             _check_descriptors(desc, f"{path}:descriptors")
             lab = f["labels"][...] if "labels" in f else np.full(desc.shape[0], -1, np.int64)
             raw = np.asarray(f["names"][...]) if "names" in f else None

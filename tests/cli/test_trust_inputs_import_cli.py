@@ -19,4 +19,4 @@ def test_hloc_row_of_2_31_floats_is_one_line(tmp_path):
     with h5py.File(tmp_path / "feats.h5", "w") as f:
         f.create_dataset("db/im0.jpg/global_descriptor", shape=(2**31,), dtype="f4")
     p = cli("cache", "import", str(tmp_path / "feats.h5"), "--format", "hloc", cache=tmp_path / "c", cwd=tmp_path, timeout=120)
-    assert "2,147,483,648 values" in one_error_line(p)
+    assert "declares 8.0 GB of data but stores 0 bytes" in one_error_line(p)

@@ -114,7 +114,7 @@ def test_hloc_group_name_that_is_not_utf8_is_one_line(store, tmp_path):
 def test_hloc_row_of_2_31_floats_is_refused_before_reading(store, tmp_path):
     with h5py.File(tmp_path / "big.h5", "w") as f:
         f.create_dataset("im0/global_descriptor", shape=(2**31,), dtype="f4")  # declared, never written
-    _refused(store, tmp_path / "big.h5", "declares 2,147,483,648 values", fmt="hloc")
+    _refused(store, tmp_path / "big.h5", "declares 8.0 GB of data but stores 0 bytes", fmt="hloc")
 
 
 def test_compressed_hloc_larger_than_memory_is_refused_before_reading(store, tmp_path):
@@ -168,3 +168,9 @@ def test_memory_check_refuses_only_what_cannot_fit():
     check_fits_in_memory(10**6, "x", available=10**9)
     with pytest.raises(UserError, match="memory available"):
         check_fits_in_memory(10**9, "x", available=10**9)
+
+
+def test_plain_h5_descriptors_never_written_are_refused_before_reading(store, tmp_path):
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f.create_dataset("descriptors", shape=(2**31, 8), dtype="f4")
+    _refused(store, tmp_path / "plain.h5", "never written", fmt="h5")
