@@ -72,3 +72,17 @@ def test_a_fifo_is_refused_without_being_opened(tmp_path):
     os.mkfifo(m / "model.safetensors")
     with pytest.raises(UserError, match="FIFO"):
         weight_files(m)
+
+
+def test_a_device_or_a_socket_is_refused_without_being_read(tmp_path):
+    import socket
+
+    with pytest.raises(UserError, match="character device"):
+        weights_digest("/dev/zero", DigestMemo(None))
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.bind(str(tmp_path / "w.sock"))
+        with pytest.raises(UserError, match="socket"):
+            weights_digest(tmp_path / "w.sock", DigestMemo(None))
+    finally:
+        s.close()
