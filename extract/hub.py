@@ -24,7 +24,10 @@ _CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 def is_hub_id(weights: str) -> bool:
     """True when ``weights`` is not an existing local path but has the shape of a Hub repo id."""
-    if Path(weights).expanduser().exists():
+    try:
+        if Path(weights).expanduser().exists():
+            return False
+    except OSError:  # a name the system refuses (too long, …) is a path; the path checks name it
         return False
     return bool(_REPO_ID.fullmatch(weights)) and not weights.endswith(_CHECKPOINT_SUFFIXES)
 

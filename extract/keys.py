@@ -19,6 +19,7 @@ import numpy as np
 from cvgl.cache.store import CacheStore, check_alias
 from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
+from cvgl.core.path_errors import check_path_usable, show_path
 from cvgl.datasets.layouts import ImageList
 from cvgl.datasets.naming import extracted_alias, view_kind
 from cvgl.extract.weight_files import weights_digest
@@ -102,8 +103,9 @@ def backbone_identity(cfg: Config, store: CacheStore) -> dict:
 
         # A Hub repo id is keyed by the digest of the files it resolves to, like a local folder.
         p = Path(resolve_weights(b.weights))
+        check_path_usable(p, "backbone weights", "set backbone.weights=PATH to a checkpoint")
         if not os.path.lexists(p):
-            raise UserError(f"backbone weights {p} do not exist; set backbone.weights=PATH to a checkpoint")
+            raise UserError(f"backbone weights {show_path(p)} do not exist; set backbone.weights=PATH to a checkpoint")
         # Checked by name and type first; only the files the loader reads are hashed.
         digest = weights_digest(p, store.memo, folder_allowed=not is_vgg(cfg))
     else:

@@ -86,3 +86,14 @@ def test_a_device_or_a_socket_is_refused_without_being_read(tmp_path):
             weights_digest(tmp_path / "w.sock", DigestMemo(None))
     finally:
         s.close()
+
+
+def test_a_weights_path_too_long_for_the_system_is_one_short_line(tmp_path):
+    from cvgl.cache.store import CacheStore
+    from cvgl.configs.schema import load_config
+    from cvgl.extract.keys import backbone_identity
+
+    cfg = load_config("demo", [f"backbone.weights={tmp_path / ('a' * 120_000)}"])
+    with pytest.raises(UserError, match="too long") as e:
+        backbone_identity(cfg, CacheStore(tmp_path / "cache"))
+    assert len(str(e.value)) < 400
