@@ -45,6 +45,7 @@ import numpy as np
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
 from cvgl.core.path_errors import PATH_ERRNOS, read_text_file, show_path
+from cvgl.datasets.positions import Positions
 
 # Lower-case suffixes we decode; anything else in an image folder (thumbnails databases, READMEs,
 # annotation files) is ignored rather than treated as an error.
@@ -99,6 +100,9 @@ class ImageList:
     # Extra fields for the entry's key, for lists whose labels are not determined by their names
     # (VIGOR labels come from the split files); empty for every other layout, so their keys stay.
     key_fields: dict = field(default_factory=dict)
+    # Map layouts (map, uav_visloc): per row, the tile's centre and footprint or the frame's position
+    # (cvgl.datasets.positions); stored beside the entry as positions.h5. None for every other layout.
+    positions: Positions | None = field(default=None)
 
     # eq=False: the generated __eq__/__hash__ would compare/hash the numpy array and fail; identity
     # semantics are enough, and the cache compares lists by digest anyway.

@@ -42,6 +42,7 @@ from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
 from cvgl.core.keys import content_key, image_list_digest
 from cvgl.datasets.layouts import ImageList, write_semi_positives
+from cvgl.datasets.positions import write_positions
 from cvgl.extract.distributed import Ranks, launch_torchrun, rank_device, ranks_from_env
 from cvgl.extract.keys import (
     Layer,
@@ -335,6 +336,7 @@ def _finish_entries(
                 "batch_size": batch_size,
                 "ranks": world,
                 **write_semi_positives(images, w.dir),
+                **(write_positions(images.positions, w.dir) if images.positions is not None else {}),
             },
             allow_empty=False,
         )
