@@ -20,8 +20,11 @@ import yaml
 from cvgl.core.bounded_yaml import YAMLBoundError, load_yaml
 from cvgl.core.errors import UserError
 
-LAYOUTS = ("u1652", "folder", "synthetic", "sues200", "cvusa", "cvact", "geoalign_release", "vigor", "denseuav")
-PROTOCOLS = ("u1652", "geoalign", "cvft", "vigor")
+LAYOUTS = (
+    "u1652", "folder", "synthetic", "sues200", "cvusa", "cvact", "geoalign_release", "vigor", "denseuav",
+    "map", "uav_visloc",
+)
+PROTOCOLS = ("u1652", "geoalign", "cvft", "vigor", "map")
 
 
 def _choices(*values: Any, default: Any) -> Any:
@@ -40,6 +43,16 @@ class SyntheticConfig:
 
 
 @dataclass
+class TilesConfig:
+    """How ``dataset.layout=map`` / ``uav_visloc`` cut the maps into gallery tiles (datasets/maps.py)."""
+
+    size_m: float | None = None  # tile side in metres at scale 1 (required for the map layouts)
+    stride_m: float | None = None  # grid step in metres at scale 1; None = size_m / 2
+    scales: list[float] = field(default_factory=lambda: [1.0])  # tile sizes as multiples of size_m
+    px: int = 256  # side of the resampled tile fed to the backbone (before preprocess.resize)
+
+
+@dataclass
 class DatasetConfig:
     layout: str = _choices(*LAYOUTS, default="u1652")
     root: str | None = None
@@ -51,6 +64,11 @@ class DatasetConfig:
     strict_digest: bool = False  # hash image contents for the cache key, not only size + mtime
     area: str = _choices("same", "cross", default="same")  # VIGOR: same-area or cross-area split
     gps: str | None = None  # positions file (DenseUAV Dense_GPS_ALL.txt format) for retrieve.geo
+    maps: list[str] = field(default_factory=list)  # layout=map: the GeoTIFFs the gallery tiles
+    tiles: TilesConfig = field(default_factory=TilesConfig)  # layout=map / uav_visloc tiling
+    query_positions: str | None = None  # layout=map: CSV name,lat,lon[,time,height,yaw]; None = EXIF GPS
+    frame_interval_s: float | None = None  # seconds between frames of a sequence whose frames have no time
+    regions: list[str] = field(default_factory=list)  # layout=uav_visloc: region folders; empty = all
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -153,6 +171,25 @@ class AlignConfig:
     params: dict = field(default_factory=dict)
 
 
+@dataclass
+class LocateConfig:
+    """Where each frame was taken (``protocol=map``): see retrieve/locate.py and retrieve/sequences.py."""
+
+    method: str = _choices("top1", "weighted", default="top1")  # best tile's centre | softmax-weighted mean
+    k: int = 5  # tiles averaged by method=weighted, and the candidates per frame of sequence=hmm
+    temperature: float = 0.02  # softmax temperature on the cosine scores (weighted, and hmm's emissions)
+    sequence: str = _choices("none", "hmm", default="none")  # hmm: Viterbi over each flight's frames
+    max_speed_mps: float = 30.0  # hmm's motion prior: reach per second between consecutive frames
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise UserError(f"retrieve.locate.k must be a positive integer, got {self.k}")
+        if not self.temperature > 0:
+            raise UserError(f"retrieve.locate.temperature must be a positive number, got {self.temperature}; e.g. 0.02")
+        if not self.max_speed_mps > 0:
+            raise UserError(f"retrieve.locate.max_speed_mps must be a positive number, got {self.max_speed_mps}; e.g. 30")
+
+
 INDEXES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 RERANKS = ("none", "k_reciprocal")
 
@@ -195,6 +232,7 @@ class RetrieveConfig:
     geo: bool = False  # GPS metrics (SDM@K, MA@<m>m, metres to the top-1) from dataset positions
     sdm_scale: float = 5000.0  # SDM@K decay s in exp(-s * degrees) (DenseUAV; GTA-UAV uses another)
     ma_metres: list[float] = field(default_factory=lambda: [5.0, 10.0, 20.0, 50.0, 100.0])  # MA@<m>m
+    locate: LocateConfig = field(default_factory=LocateConfig)  # protocol=map: estimated positions
 
     def __post_init__(self) -> None:
         positive = {
