@@ -34,7 +34,7 @@ def test_overrides_are_typed_and_shorthands_map_to_sections():
 def test_bad_values_and_choices_are_one_line_errors():
     for override, msg in [
         ("extract.batch_size=abc", "must be an integer"),
-        ("protocol=map", "is not one of u1652, geoalign, cvft"),
+        ("protocol=atlas", "is not one of u1652, geoalign, cvft"),
         ("align.fusion=maybe", "must be true or false"),
         ("backbone.layers={a: 1}", "must be a list"),
         ("nonsense", "not of the form"),
