@@ -197,11 +197,11 @@ def _sub_positives(indptr: np.ndarray, positives: np.ndarray, idx: np.ndarray) -
 
 
 def outside_warning(n_outside: int, n_with_truth: int) -> str | None:
-    """The one ``warning:`` line for frames whose true position lies outside every map, or None."""
+    """The warning (shown as one ``warning:`` line) for frames whose true position lies outside every map."""
     if n_outside == 0:
         return None
     return (
-        f"warning: {n_outside} of {n_with_truth} frames with a true position lie outside every map tile; "
+        f"{n_outside} of {n_with_truth} frames with a true position lie outside every map tile; "
         "they are located but left out of the metrics (check dataset.query_positions or add the map covering them)"
     )
 

@@ -18,6 +18,9 @@ Protocols (the README's "Metric protocols" table says where each definition come
   ``hit_rate`` = share of queries where nothing but the query's three semi-positives (``semi_positives``,
   gallery labels) scores strictly higher than the positive. No AP. Junk (-1) is removed as under
   ``u1652``; VIGOR galleries have none. With several positives the best one is used.
+* ``map`` -- georeferenced map tiles: a tile is a positive of a frame when the frame's true position
+  lies inside the tile's footprint (labels play no part). The exact top-K lists come from
+  :func:`topk_lists`; R@K, metres, MA and SDM from them in :mod:`retrieve.locate`.
 
 Under every protocol a query without any positive counts in the denominator but adds nothing, all
 averages divide by the number of queries, ``G`` is the number of gallery items as given (junk included,
@@ -66,6 +69,8 @@ from cvgl.core.errors import UserError
 # VIGOR evaluation, which reports a hit rate instead of AP.
 PROTOCOLS = ("u1652", "geoalign", "cvft")
 ALL_PROTOCOLS = (*PROTOCOLS, "vigor")
+# Protocols whose positives come from positions, not labels (retrieve/locate.py computes their metrics).
+POSITION_PROTOCOLS = ("map",)
 JUNK_LABEL = -1
 
 # Target size of one block's score matrix (float32 queries x gallery-chunk items).
@@ -231,6 +236,30 @@ def evaluate_scores(
         ev.process(chunk, thresholds_from_scores=True)
         results = ev.results()
     return summarize(results, protocol, ev.n_gallery, ks), results
+
+
+def topk_lists(
+    query: np.ndarray,
+    gallery_chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray | None]]],
+    *,
+    topk: int,
+    device: str | torch.device = "cpu",
+) -> QueryResults:
+    """Exact top-K lists (rows and scores, best first) of every query over the whole streamed gallery.
+
+    The same pass as :func:`evaluate_streaming` with no positives (every query a distractor, no gallery
+    item junk): what ``protocol=map`` ranks by, whose positives are footprints, not labels.
+    """
+    n_q = np.asarray(query).shape[0]
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        for desc, _ in gallery_chunks():
+            yield desc, np.zeros(desc.shape[0], dtype=np.int64)
+
+    _, results = evaluate_streaming(
+        query, np.full(n_q, -2, dtype=np.int64), chunks, "u1652", ks=(1,), topk=topk, device=device
+    )
+    return results
 
 
 def summarize(results: QueryResults, protocol: str, n_gallery: int, ks: Sequence[int]) -> dict[str, Any]:

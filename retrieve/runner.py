@@ -108,6 +108,8 @@ def run_retrieval(
             "layer and alignment"
         )
     protocol = rc.protocol
+    if protocol == "map":
+        return _run_map(cfg, store, run, qe, ge, query, gallery, out_dir)
     ks = tuple(rc.ks)
     g_labels = ge.labels()
     n_rankable = ge.count if protocol == "cvft" else int((g_labels != -1).sum())
@@ -227,6 +229,45 @@ def run_retrieval(
             curves,
             n_rankable,
         )
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    if out_dir == run.path:
+        run.record(metrics=metrics)
+    return metrics
+
+
+def _run_map(
+    cfg: Config, store: CacheStore, run: RunFolder, qe: Entry, ge: Entry, query: str, gallery: str, out_dir: Path
+) -> dict:
+    """``protocol=map`` (retrieve/map_eval.py): positions in metres instead of label matches."""
+    from cvgl.retrieve.map_eval import run_map_protocol
+
+    rc = cfg.retrieve
+    for flag, on in (("rerank", rc.rerank != "none"), ("multi_query", rc.multi_query), ("answer", bool(rc.answer)),
+                     ("geo", rc.geo), ("index", rc.index != "flat")):
+        if on:
+            raise UserError(
+                f"retrieve.{flag} does not apply to protocol=map (it ranks by footprints and scores in metres "
+                f"itself); leave retrieve.{flag} at its default"
+            )
+    device = str(resolve_device(rc.device, "retrieve.device", cuda_fallback=True))
+    q_desc, _, q_names = qe.read()
+    q_desc = l2_normalize_rows(q_desc, f"query set {query}")
+
+    def chunks():
+        offset = 0
+        for d, lab, _ in ge.iter_chunks():
+            yield l2_normalize_rows(d, f"gallery {gallery}", offset), lab
+            offset += d.shape[0]
+
+    found = run_map_protocol(cfg, store, qe, ge, q_desc, q_names, chunks, out_dir, device=device)
+    metrics = {
+        "protocol": "map",
+        "direction": f"{_view(qe)}->{_view(ge)}",
+        "query": query,
+        "gallery": gallery,
+        **found,
+        "metrics_source": "exact top-K lists over the whole gallery; positives by footprint (retrieve/locate.py)",
+    }
     write_json_atomic(out_dir / "metrics.json", metrics)
     if out_dir == run.path:
         run.record(metrics=metrics)

@@ -149,7 +149,7 @@ def test_map_metrics_against_independent_computation():
         sdm.append(sum(wj * math.exp(-5000 * dj) for wj, dj in zip(w, d)) / sum(w))
     assert m["SDM@5"] == pytest.approx(100 * np.mean(sdm), rel=1e-9)
     line = outside_warning(m["n_outside_maps"], m["n_with_truth"])
-    assert line.startswith("warning: 1 of 39 frames")
+    assert line.startswith("1 of 39 frames")
 
 
 def test_locations_csv(tmp_path):
