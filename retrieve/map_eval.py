@@ -22,6 +22,7 @@ from cvgl.cache.store import CacheStore, Entry
 from cvgl.configs.schema import Config
 from cvgl.core.atomic import write_text_atomic
 from cvgl.core.errors import UserError
+from cvgl.datasets.maps import MapGeo, open_map
 from cvgl.retrieve.footprints import contains, tile_radius_m
 from cvgl.retrieve.locate import map_metrics, outside_warning, write_locations
 from cvgl.retrieve.metrics import topk_lists
@@ -30,9 +31,10 @@ from cvgl.retrieve.sequences import smooth_flights
 _SEQ_KEYS = ("dist_m_mean", "dist_m_median")
 
 
-def map_files(store: CacheStore, entry: Entry, cfg: Config) -> list[Path]:
-    """The GeoTIFFs a gallery entry was tiled from: its manifest's ``extra.maps`` (or its parents'),
-    else ``dataset.maps``; only the files that exist."""
+def map_files(store: CacheStore, entry: Entry, cfg: Config) -> list[MapGeo]:
+    """The maps a gallery entry was tiled from, opened (headers only): its manifest's ``extra.maps``
+    (or its parents'; each a path or ``{"path", "name", "corners"}``), else ``dataset.maps``. Maps that
+    are gone or unreadable are left out (the picture then lacks them)."""
     manifest = entry.manifest
     found: list[Any] = []
     for _ in range(8):
@@ -52,9 +54,14 @@ def map_files(store: CacheStore, entry: Entry, cfg: Config) -> list[Path]:
         found = list(getattr(cfg.dataset, "maps", None) or [])
     out = []
     for m in found:
-        p = Path(m["path"] if isinstance(m, dict) else m).expanduser()
-        if p.is_file():
-            out.append(p)
+        info = m if isinstance(m, dict) else {"path": m}
+        p = Path(str(info.get("path") or info.get("file") or "")).expanduser()
+        if not p.is_file():
+            continue
+        try:
+            out.append(open_map(p, str(info.get("name") or p.stem), info.get("corners")))
+        except UserError:
+            continue
     return out
 
 
@@ -159,7 +166,7 @@ def write_map_report(
     ge: Entry,
     store: CacheStore,
     g_pos: Any,
-    maps: list[Path],
+    maps: list[MapGeo],
     topk: np.ndarray,
     scores: np.ndarray,
     error_m: np.ndarray,

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cvgl.core.atomic import atomic_path
+from cvgl.datasets.maps import MapGeo
 
 CANVAS_PX = 1100
 
@@ -31,30 +32,13 @@ def _open(path: str | Path):  # noqa: ANN202 - rasterio dataset
     return rasterio.open(path)
 
 
-def _wgs84_to(crs):  # noqa: ANN001, ANN202 - pyproj transformer
-    from pyproj import Transformer
-
-    return Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-
-
-def map_bounds_wgs84(paths: Sequence[str | Path]) -> tuple[float, float, float, float] | None:
-    """(lat_min, lat_max, lon_min, lon_max) of the maps' corners, or None when none can be read."""
-    from pyproj import Transformer
-
+def map_bounds_wgs84(maps: Sequence[MapGeo]) -> tuple[float, float, float, float] | None:
+    """(lat_min, lat_max, lon_min, lon_max) of the maps' corners, or None without maps."""
     lats, lons = [], []
-    for p in paths:
-        try:
-            with _open(p) as ds:
-                if ds.crs is None:
-                    continue
-                tr = Transformer.from_crs(ds.crs, "EPSG:4326", always_xy=True)
-                w, h = ds.width, ds.height
-                xs, ys = zip(*[ds.transform * (c, r) for c, r in ((0, 0), (w, 0), (w, h), (0, h))])
-                lo, la = tr.transform(np.array(xs), np.array(ys))
-                lats.extend(la)
-                lons.extend(lo)
-        except Exception:  # noqa: BLE001 - a map that cannot be read is just not drawn
-            continue
+    for m in maps:
+        lo, la = m.pixel_to_lonlat(np.array([0, m.width, m.width, 0]), np.array([0, 0, m.height, m.height]))
+        lats.extend(np.asarray(la).tolist())
+        lons.extend(np.asarray(lo).tolist())
     if not lats:
         return None
     return min(lats), max(lats), min(lons), max(lons)
@@ -75,7 +59,7 @@ def _error_colours(err: np.ndarray) -> tuple[np.ndarray, float]:
 
 def write_map_png(
     path: Path,
-    maps: Sequence[str | Path],
+    maps: Sequence[MapGeo],
     true_lat: np.ndarray,
     true_lon: np.ndarray,
     est_lat: np.ndarray,
@@ -107,21 +91,18 @@ def write_map_png(
     cols = lon_lo + (np.arange(w_px) + 0.5) / scale / cos0
     rows = lat_hi - (np.arange(h_px) + 0.5) / scale
     grid_lon, grid_lat = np.meshgrid(cols, rows)
-    for p in maps:
+    for m in maps:
         try:
-            ds = _open(p)
-        except Exception:  # noqa: BLE001
+            ds = _open(m.path)
+        except Exception:  # noqa: BLE001 - a map that cannot be read is left out of the picture
             continue
         with ds:
-            if ds.crs is None:
-                continue
-            # Decimated read at about the canvas's resolution (overviews when the file has them).
-            x, y = _wgs84_to(ds.crs).transform(grid_lon.ravel(), grid_lat.ravel())
-            c, r = ~ds.transform * (np.asarray(x), np.asarray(y))
+            c, r = m.lonlat_to_pixel(grid_lon.ravel(), grid_lat.ravel())
             c, r = np.asarray(c), np.asarray(r)
             inside = (c >= 0) & (c < ds.width) & (r >= 0) & (r < ds.height)
             if not inside.any():
                 continue
+            # Decimated read at about the canvas's resolution (overviews when the file has them).
             factor = max(1.0, max(ds.width / w_px, ds.height / h_px) / 2)
             out_h, out_w = max(1, int(ds.height / factor)), max(1, int(ds.width / factor))
             bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
@@ -176,20 +157,20 @@ def write_map_png(
     return path
 
 
-def crop_tile(maps: Sequence[str | Path], footprint: np.ndarray, size: int) -> Image.Image | None:
+def crop_tile(maps: Sequence[MapGeo], footprint: np.ndarray, size: int) -> Image.Image | None:
     """The map window under one tile's footprint ([4, 2] lat/lon), read at about ``size`` px; None if none."""
     if not np.isfinite(footprint).all():
         return None
-    for p in maps:
+    for m in maps:
+        c, r = m.lonlat_to_pixel(footprint[:, 1], footprint[:, 0])
+        c, r = np.asarray(c), np.asarray(r)
+        if not (np.isfinite(c).all() and np.isfinite(r).all()):
+            continue
         try:
-            ds = _open(p)
-        except Exception:  # noqa: BLE001
+            ds = _open(m.path)
+        except Exception:  # noqa: BLE001 - a map that cannot be read shows no crop
             continue
         with ds:
-            if ds.crs is None:
-                continue
-            x, y = _wgs84_to(ds.crs).transform(footprint[:, 1], footprint[:, 0])
-            c, r = ~ds.transform * (np.asarray(x), np.asarray(y))
             c0, c1 = int(math.floor(np.min(c))), int(math.ceil(np.max(c)))
             r0, r1 = int(math.floor(np.min(r))), int(math.ceil(np.max(r)))
             if c1 <= 0 or r1 <= 0 or c0 >= ds.width or r0 >= ds.height:
