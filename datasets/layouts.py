@@ -45,6 +45,7 @@ import numpy as np
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
 from cvgl.core.path_errors import PATH_ERRNOS, read_text_file, show_path
+from cvgl.datasets.maps import TileSource
 from cvgl.datasets.positions import Positions
 
 # Lower-case suffixes we decode; anything else in an image folder (thumbnails databases, READMEs,
@@ -103,6 +104,8 @@ class ImageList:
     # Map layouts (map, uav_visloc): per row, the tile's centre and footprint or the frame's position
     # (cvgl.datasets.positions); stored beside the entry as positions.h5. None for every other layout.
     positions: Positions | None = field(default=None)
+    # Map galleries: the tiles are windows of GeoTIFFs, read by this source (names are not files).
+    tiles: TileSource | None = field(default=None)
 
     # eq=False: the generated __eq__/__hash__ would compare/hash the numpy array and fail; identity
     # semantics are enough, and the cache compares lists by digest anyway.

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from cvgl.core.keys import content_key
 from cvgl.cache.store import CacheStore
 from cvgl.configs.schema import Config
 from cvgl.core.devices import resolve_device
 from cvgl.core.errors import UserError
-from cvgl.core.keys import content_key, image_list_digest
-from cvgl.extract.keys import backbone_identity, check_layers, entry_spec
+from cvgl.configs.schema import Config
+from cvgl.extract.keys import backbone_identity, check_layers, entry_spec, images_digest
 from cvgl.extract.models import compute_dtype
 from cvgl.extract.roots import image_lists
 
@@ -160,7 +162,7 @@ def _missing_keys(cfg: Config, store: CacheStore) -> set[str]:
     ident = backbone_identity(cfg, store)
     out = set()
     for images in lists:
-        digest = image_list_digest(images.root, images.names, strict=cfg.dataset.strict_digest)
+        digest = images_digest(images, strict=cfg.dataset.strict_digest)
         for L in check_layers(cfg):
             key = content_key(entry_spec(cfg, ident, images, L, dtype, digest))
             if not store.has(key):

@@ -214,7 +214,10 @@ class ImageDataset(Dataset):
                 f"image file name {display_name(name)} {problem}, so it could not be stored and read back "
                 "as a name; rename the file, or pass --skip-bad (extract.skip_bad=true)"
             )
-        rgb = load_rgb(str(self.images.path(i)), name)
+        if self.images.tiles is not None:
+            rgb = self.images.tiles.read_rgb(i)
+        else:
+            rgb = load_rgb(str(self.images.path(i)), name)
         if self.size is not None:
             h, w = self.size
             if rgb.size != (w, h):
@@ -234,6 +237,8 @@ class ImageDataset(Dataset):
         """
         if self.size is not None:
             return self.size
+        if self.images.tiles is not None:
+            return self.images.tiles.px, self.images.tiles.px
         try:
             with Image.open(self.images.path(i)) as im:
                 w, h = im.size

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cvgl.core.keys import image_list_digest, weights_digest
 from cvgl.cache.store import CacheStore, check_alias
 from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
@@ -223,6 +225,14 @@ def entry_spec(
     }
 
 
+def images_digest(images: ImageList, *, strict: bool = False) -> str:
+    """The digest of a list's images in its entry's key: the files' paths, sizes and mtimes (strict: their
+    contents); for a map gallery, its tile source's digest (the maps' contents and the tiling)."""
+    if images.tiles is not None:
+        return images.tiles.digest
+    return image_list_digest(images.root, images.names, strict=strict)
+
+
 def _distractor_spec(images: ImageList) -> dict:
     """Which items are 160k-gallery distractors (label -2), when there are any.
 
@@ -245,6 +255,7 @@ __all__ = [
     "check_layers",
     "entry_alias",
     "entry_spec",
+    "images_digest",
     "is_vgg",
     "pooling_spec",
     "view_preprocess",

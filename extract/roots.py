@@ -11,7 +11,7 @@ from cvgl.core.errors import UserError
 from cvgl.core.keys import content_key
 from cvgl.core.path_errors import check_path_usable
 from cvgl.datasets.layouts import ImageList, list_images
-from cvgl.datasets.naming import dataset_views
+from cvgl.datasets.map_layouts import MAP_LAYOUTS, map_image_lists
 
 
 def dataset_root(cfg: Config, store: CacheStore) -> Path:
@@ -48,6 +48,8 @@ def dataset_root(cfg: Config, store: CacheStore) -> Path:
 
 def image_lists(cfg: Config, store: CacheStore) -> list[ImageList]:
     """The image list of every view of ``cfg.dataset`` (a ``folder`` dataset: one list per view name)."""
+    if cfg.dataset.layout in MAP_LAYOUTS:
+        return map_image_lists(cfg.dataset, dataset_views(cfg), store.memo)
     root = dataset_root(cfg, store)
     layout = "u1652" if cfg.dataset.layout == "synthetic" else cfg.dataset.layout
     if layout == "geoalign_release":

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from cvgl.core.keys import content_key
 from cvgl.cache.store import CacheStore, EntryWriter
 from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
@@ -45,6 +47,7 @@ from cvgl.datasets.layouts import ImageList, write_semi_positives
 from cvgl.datasets.positions import write_positions
 from cvgl.extract.distributed import Ranks, launch_torchrun, rank_device, ranks_from_env
 from cvgl.extract.keys import (
+    images_digest,
     Layer,
     Preprocess,
     backbone_identity,
@@ -167,6 +170,8 @@ def _image_size(prep: Preprocess, images: ImageList) -> tuple[int, int] | None:
         return prep.size
     from PIL import Image
 
+    if images.tiles is not None:
+        return images.tiles.px, images.tiles.px
     for i in range(min(len(images), 16)):
         try:
             with Image.open(images.path(i)) as im:
@@ -202,7 +207,7 @@ def run_extraction(
     out: list[ExtractedEntry] = []
     report = progress if ranks.leader else None
     for images in lists:
-        digest = image_list_digest(images.root, images.names, strict=cfg.dataset.strict_digest)
+        digest = images_digest(images, strict=cfg.dataset.strict_digest)
         if len(set(ranks.gather(digest))) > 1:
             raise UserError(
                 f"the ranks see different files for {images.view} under {images.root}; put the dataset on a "
