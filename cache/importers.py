@@ -17,11 +17,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from cvgl.cache.array_files import KIND_WORDS, REAL_KINDS, check_h5_stored, declared_bytes, load_npy
+from cvgl.cache.positions import entry_positions
 from cvgl.cache.store import CacheStore, Entry, check_alias
 from cvgl.core.atomic import atomic_path, write_text_atomic
 from cvgl.core.errors import UserError
 from cvgl.core.memory import check_fits_in_memory
 from cvgl.datasets.layouts import display_name, name_problem
+from cvgl.datasets.positions import positions_csv_text
 
 GEOALIGN_VIEWS = ("sat", "dro")
 
@@ -368,7 +370,24 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 
 
 def export_entry(store: CacheStore, ref: str, *, fmt: str, out: Path, view: str | None = None) -> list[Path]:
-    """Write an entry as plain arrays (``npy``) or GeoAlign's torch-saved layout (``geoalign``)."""
+    """Write an entry as plain arrays (``npy``) or GeoAlign's torch-saved layout (``geoalign``); an entry
+    with positions (map tiles, located photos) also gets ``positions.csv`` beside them."""
+    paths = _export_arrays(store, ref, fmt=fmt, out=out, view=view)
+    return paths + export_positions_csv(store, store.open(ref), out)
+
+
+def export_positions_csv(store: CacheStore, entry: Entry, out: Path) -> list[Path]:
+    """``<out>/positions.csv`` (name, lat, lon, then the footprint's corners lt, rt, rb, lb as lat/lon),
+    one row per entry row in row order, for an entry that has positions; nothing otherwise."""
+    pos = entry_positions(store, entry)
+    if pos is None:
+        return []
+    path = out / "positions.csv"
+    write_text_atomic(path, positions_csv_text(pos))
+    return [path]
+
+
+def _export_arrays(store: CacheStore, ref: str, *, fmt: str, out: Path, view: str | None = None) -> list[Path]:
     if fmt == "mat":  # one side of University-1652's pytorch_result.mat (cache/formats.py)
         from cvgl.cache.formats import export_u1652_mat
 
