@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,17 +143,27 @@ def _reason(exc: BaseException) -> str:
 
 
 def _open_raster(path: Path):
-    import rasterio
     from rasterio.errors import RasterioError
 
     if not path.is_file():
         raise UserError(f"map {path} does not exist or is not a file; check dataset.maps")
     try:
-        return rasterio.open(path)
+        return _quiet_open(path)
     except (RasterioError, OSError, ValueError) as e:
         raise UserError(
             f"cannot open map {path} as a raster ({_reason(e)}); it is corrupt or not a GeoTIFF, replace it"
         ) from None
+
+
+def _quiet_open(path: str | Path):
+    """``rasterio.open`` without its warning about a TIFF with no georeference: such a map is refused
+    or georeferenced by its corners, one clear message either way."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
 
 
 def _check_complete(ds, path: Path) -> None:
@@ -412,8 +423,6 @@ _ENV: dict[int, object] = {}
 
 def _handle(path: str):
     """This process's open handle on ``path`` (DataLoader workers each open their own)."""
-    import rasterio
-
     pid = os.getpid()
     if pid not in _ENV:
         env = _gdal_env()
@@ -422,7 +431,7 @@ def _handle(path: str):
     key = (pid, path)
     ds = _HANDLES.get(key)
     if ds is None:
-        ds = rasterio.open(path)
+        ds = _quiet_open(path)
         _HANDLES[key] = ds
     return ds
 
