@@ -50,6 +50,8 @@ def map_files(store: CacheStore, entry: Entry, cfg: Config) -> list[MapGeo]:
             break
         if manifest is None:
             break
+    if not found and cfg.dataset.layout == "uav_visloc" and cfg.dataset.root:
+        found = _visloc_maps(Path(cfg.dataset.root), cfg.dataset.regions)
     if not found:
         found = list(getattr(cfg.dataset, "maps", None) or [])
     out = []
@@ -63,6 +65,21 @@ def map_files(store: CacheStore, entry: Entry, cfg: Config) -> list[MapGeo]:
         except UserError:
             continue
     return out
+
+
+def _visloc_maps(root: Path, regions: list[str]) -> list[dict[str, Any]]:
+    """A UAV-VisLoc folder's maps with their corners from the root's CSV (none when it cannot be read)."""
+    from cvgl.datasets.uav_visloc import list_regions, read_corners, region_maps
+
+    try:
+        corners = read_corners(root)
+        return [
+            {"path": str(p), "name": p.stem, "corners": corners.get(p.stem.lower())}
+            for r in list_regions(root, regions)
+            for p in region_maps(root, r)
+        ]
+    except UserError:
+        return []
 
 
 def run_map_protocol(

@@ -72,8 +72,10 @@ def write_map_png(
     size: int = CANVAS_PX,
 ) -> Path:
     """Draw ``map.png`` (see the module docstring); ``order`` = frame rows in flight order for the lines."""
-    pts_lat = np.concatenate([a[np.isfinite(a)] for a in (true_lat, est_lat, *(seq or ()))])
-    pts_lon = np.concatenate([a[np.isfinite(a)] for a in (true_lon, est_lon, *(seq or ()))])
+    lats = (true_lat, est_lat) + ((seq[0],) if seq is not None else ())
+    lons = (true_lon, est_lon) + ((seq[1],) if seq is not None else ())
+    pts_lat = np.concatenate([a[np.isfinite(a)] for a in lats])
+    pts_lon = np.concatenate([a[np.isfinite(a)] for a in lons])
     bounds = map_bounds_wgs84(maps)
     lat_lo, lat_hi = (bounds[0], bounds[1]) if bounds else (pts_lat.min(), pts_lat.max())
     lon_lo, lon_hi = (bounds[2], bounds[3]) if bounds else (pts_lon.min(), pts_lon.max())

@@ -3,12 +3,15 @@
 A flight is a sequence of frames (positions' ``sequence``: a UAV-VisLoc region, a folder), ordered by
 ``time`` when every frame of it has one, else by name. The hidden state of frame ``t`` is one of its K
 retrieved tiles; the path maximises the sum of the emission log-probabilities, the log-softmax of the
-frame's K retrieval scores divided by ``retrieve.locate.temperature``, under a motion prior: frame
-``t``'s tile ``j`` may follow frame ``t-1``'s tile ``i`` only when their centres are at most
+frame's K retrieval scores divided by ``retrieve.locate.temperature``, plus the transitions' log
+weights. The motion prior: frame ``t``'s tile ``j`` may follow frame ``t-1``'s tile ``i`` only when
+their centres are ``d`` ≤ ``reach`` apart, with
 
-    max_speed_mps × Δt + r_i + r_j
+    reach = max_speed_mps × Δt + r_i + r_j,
 
-apart, ``r`` being each tile's radius (centre to farthest corner). The radii make the bound exact for
+and such a move has log weight ``-d / reach`` (in [-1, 0]: shorter moves are preferred, by at most
+one unit, so the scores decide unless they nearly tie; the temperature sets that balance). ``r`` is
+each tile's radius (centre to farthest corner). The radii make the bound exact for
 tiles: two tiles that contain positions ``p`` and ``p'`` have centres at most ``|p - p'| + r_i + r_j``
 apart, so the true tiles are never ruled out, however coarse the tile grid. ``Δt`` is the difference of
 the frames' ``time`` when both have one, else ``dataset.frame_interval_s``.
@@ -45,14 +48,18 @@ def emission_logp(scores: np.ndarray, temperature: float) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def transition_allowed(
+def transition_logp(
     lat: np.ndarray, lon: np.ndarray, radius: np.ndarray, dt: np.ndarray, max_speed: float, t0: int, t1: int
 ) -> np.ndarray:
-    """bool ``[t1 - t0, K, K]``: may frame t's tile j follow frame t-1's tile i, for t in t0+1 .. t1."""
+    """``[t1 - t0, K, K]`` log transition weight of frame t's tile j after frame t-1's tile i (t in t0+1 .. t1):
+    ``-d / reach`` when the centres are ``d <= reach`` apart, else ``-inf`` (not allowed)."""
     a_lat, a_lon, a_r = lat[t0:t1, :, None], lon[t0:t1, :, None], radius[t0:t1, :, None]
     b_lat, b_lon, b_r = lat[t0 + 1 : t1 + 1, None, :], lon[t0 + 1 : t1 + 1, None, :], radius[t0 + 1 : t1 + 1, None, :]
     reach = max_speed * dt[t0:t1, None, None] + a_r + b_r
-    return haversine_m(a_lat, a_lon, b_lat, b_lon) <= reach
+    d = haversine_m(a_lat, a_lon, b_lat, b_lon)
+    # -d / reach in [-1, 0] where allowed: of two feasible moves the shorter is preferred, by at most
+    # one unit of log-probability, so the scores decide unless they are nearly tied.
+    return np.where(d <= reach, -d / np.maximum(reach, 1e-9), -np.inf)
 
 
 def viterbi(
@@ -87,13 +94,12 @@ def viterbi(
     breaks = np.zeros(f, dtype=bool)
     breaks[0] = True
     delta = emis[0].copy()
-    neg_inf = -np.inf
     for b0 in range(0, f - 1, _BLOCK_STEPS):
         b1 = min(f - 1, b0 + _BLOCK_STEPS)
-        allowed = transition_allowed(lat, lon, radius, dt, max_speed, b0, b1)
+        trans = transition_logp(lat, lon, radius, dt, max_speed, b0, b1)
         for s in range(b1 - b0):
             t = b0 + s + 1
-            cand = np.where(allowed[s], delta[:, None], neg_inf)  # [i, j]
+            cand = delta[:, None] + trans[s]  # [i, j]
             best_i = cand.argmax(axis=0)
             best = cand[best_i, np.arange(k)]
             if not np.isfinite(best).any():

@@ -169,22 +169,22 @@ def test_locations_csv(tmp_path):
 
 
 def brute_viterbi(lat, lon, scores, dt, v, temp, radius):
-    """Reference: enumerate every path, keep the feasible one with the highest emission sum."""
+    """Reference: enumerate every path; score = emission log-probs minus distance / reach per move,
+    moves farther than reach forbidden. Returns (best path, its score)."""
     f, k = lat.shape
     z = scores / temp
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
     best, best_path = -np.inf, None
     for path in itertools.product(range(k), repeat=f):
-        ok = all(
-            haversine_ref(lat[t - 1, path[t - 1]], lon[t - 1, path[t - 1]], lat[t, path[t]], lon[t, path[t]])
-            <= v * dt[t - 1] + radius[t - 1, path[t - 1]] + radius[t, path[t]]
-            for t in range(1, f)
-        )
-        if ok:
-            s = sum(logp[t, path[t]] for t in range(f))
-            if s > best:
-                best, best_path = s, path
-    return best_path
+        total = sum(logp[t, path[t]] for t in range(f))
+        for t in range(1, f):
+            i, j = path[t - 1], path[t]
+            d = haversine_ref(lat[t - 1, i], lon[t - 1, i], lat[t, j], lon[t, j])
+            reach = v * dt[t - 1] + radius[t - 1, i] + radius[t, j]
+            total = total - d / reach if d <= reach else -np.inf
+        if total > best:
+            best, best_path = total, path
+    return best_path, best
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -200,12 +200,19 @@ def test_viterbi_matches_brute_force(seed):
     dt = rng.uniform(0.5, 2.0, f - 1)
     radius = rng.uniform(0, 10, (f, k))
     pick, breaks = viterbi(lat, lon, scores, dt, max_speed=40.0, temperature=0.7, radius=radius)
-    ref = brute_viterbi(lat, lon, scores, dt, 40.0, 0.7, radius)
+    ref, ref_score = brute_viterbi(lat, lon, scores, dt, 40.0, 0.7, radius)
     assert ref is not None and not breaks[1:].any()
+    # Equal optimum (which of exactly tied paths wins is unspecified): score Viterbi's path the same way.
     z = scores / 0.7
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    # Equal optimum (the argmax among exact ties is unspecified).
-    assert sum(logp[t, pick[t]] for t in range(f)) == pytest.approx(sum(logp[t, ref[t]] for t in range(f)))
+    got = sum(logp[t, pick[t]] for t in range(f))
+    for t in range(1, f):
+        i, j = pick[t - 1], pick[t]
+        d = haversine_ref(lat[t - 1, i], lon[t - 1, i], lat[t, j], lon[t, j])
+        reach = 40.0 * dt[t - 1] + radius[t - 1, i] + radius[t, j]
+        assert d <= reach
+        got -= d / reach
+    assert got == pytest.approx(ref_score, abs=1e-9)
 
 
 def test_viterbi_breaks_where_nothing_is_reachable():
