@@ -202,9 +202,16 @@ def write_map_report(
     tiles_dir = out_dir / "tiles"
     err = np.where(np.isfinite(error_m), error_m, -1.0)
     worst = np.argsort(-err, kind="stable")[: max(0, n_frames)]
-    keys = [k for k in metrics if k.startswith(("R@", "MA@", "SDM@", "dist_m", "seq."))]
-    table = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{metrics[k]:.2f}</td></tr>" for k in keys if isinstance(metrics[k], float)
+    keys = [k for k in metrics if k.startswith(("R@", "MA@", "SDM@", "dist_m"))]
+    smoothed = any(k.startswith("seq.") for k in metrics)
+
+    def cell(v: Any) -> str:
+        return f"<td>{v:.2f}</td>" if isinstance(v, (int, float)) else "<td>–</td>"
+
+    head = "<tr><th></th><th>per frame</th>" + ("<th>flight (hmm)</th>" if smoothed else "") + "</tr>"
+    table = head + "".join(
+        f"<tr><th>{html.escape(k)}</th>{cell(metrics[k])}" + (cell(metrics.get(f"seq.{k}")) if smoothed else "") + "</tr>"
+        for k in keys
     )
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -213,7 +220,7 @@ def write_map_report(
         f"<p>{metrics['n_queries']} frames, {metrics['n_gallery']} tiles; {metrics['n_evaluated']} frames with a "
         f"true position inside the maps. Distances in metres.</p>",
         f'<table class="m">{table}</table>',
-        '<p><img src="map.png" alt="map with tracks" style="max-width:100%"></p>',
+        '<p><img src="map.png" alt="map with tracks" style="max-width:100%;width:760px"></p>',
         f"<h2>{worst.size} frames, largest error first</h2><p>Blue: the frame. Green border: a tile whose "
         "footprint contains the frame's true position; red: one that does not.</p>",
     ]
