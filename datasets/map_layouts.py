@@ -84,6 +84,15 @@ def map_image_lists(ds: DatasetConfig, views: list[str], memo: DigestMemo | None
             f"dataset.layout={layout} has the views query_drone and gallery_satellite, not {', '.join(bad)}; "
             "use dataset.mode=D2S"
         )
+    if ds.frame_interval_s is not None and not (isinstance(ds.frame_interval_s, (int, float)) and ds.frame_interval_s > 0):
+        raise UserError(
+            f"dataset.frame_interval_s={ds.frame_interval_s!r} must be a positive number of seconds, e.g. 1.0"
+        )
+    if layout == "uav_visloc" and (ds.maps or ds.query_positions):
+        raise UserError(
+            "dataset.maps and dataset.query_positions are for dataset.layout=map; UAV-VisLoc brings its own maps "
+            "and positions (leave them unset)"
+        )
     if not ds.root:
         hint = "the folder of drone photos" if layout == "map" else "the UAV-VisLoc folder"
         raise UserError(f"dataset.root is not set for layout {layout}; set it to {hint} (root=PATH)")

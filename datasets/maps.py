@@ -422,18 +422,23 @@ _ENV: dict[int, object] = {}
 
 
 def _handle(path: str):
-    """This process's open handle on ``path`` (DataLoader workers each open their own)."""
+    """This process's open handle on ``path`` (DataLoader workers each open their own), with the band
+    indexes to read and how to order them as R, G, B (None when already in that order)."""
     pid = os.getpid()
     if pid not in _ENV:
         env = _gdal_env()
         env.__enter__()  # kept for the process's life: every read uses the bounded block cache
         _ENV[pid] = env
     key = (pid, path)
-    ds = _HANDLES.get(key)
-    if ds is None:
+    found = _HANDLES.get(key)
+    if found is None:
         ds = _quiet_open(path)
-        _HANDLES[key] = ds
-    return ds
+        bands = _rgb_bands(ds.count, ds.colorinterp)
+        uniq = sorted(set(bands))
+        pick = [uniq.index(b) for b in bands]
+        found = (ds, uniq, None if pick == list(range(len(uniq))) else pick)
+        _HANDLES[key] = found
+    return found
 
 
 def _rgb_bands(count: int, colorinterp: Sequence) -> list[int]:
@@ -465,21 +470,26 @@ class TileSource:
     px: int
     digest: str  # stands for the image-list digest in the entry's key
     names: tuple[str, ...] = field(default=())
+    # Per map: {"path", "name"} and, for a map georeferenced by its corners, "corners" (LT lat, LT lon,
+    # RB lat, RB lon); recorded in the gallery entry's manifest (extra.maps) so later stages can open it.
+    map_info: tuple[dict, ...] = field(default=())
+
+    def manifest_extra(self) -> dict:
+        """The gallery entry's manifest fields: its maps and tile size."""
+        return {"maps": [dict(m) for m in self.map_info], "tile_px": self.px}
 
     def __len__(self) -> int:
         return len(self.map_index)
 
-    def read_array(self, i: int) -> np.ndarray:
-        """Tile ``i`` as uint8 ``[px, px, 3]`` RGB: one windowed read, resampled to ``px × px``."""
+    def read_bands(self, i: int) -> np.ndarray:
+        """Tile ``i`` as uint8 ``[3, px, px]`` (R, G, B planes): one windowed read, resampled to ``px × px``."""
         from rasterio.enums import Resampling
         from rasterio.windows import Window
 
         path = self.maps[int(self.map_index[i])]
         c0, r0, w, h = (int(v) for v in self.windows[i])
         try:
-            ds = _handle(path)
-            bands = _rgb_bands(ds.count, ds.colorinterp)
-            uniq = sorted(set(bands))
+            ds, uniq, pick = _handle(path)
             data = ds.read(
                 indexes=uniq,
                 window=Window(c0, r0, w, h),
@@ -492,14 +502,19 @@ class TileSource:
                 f"cannot read tile {name} from map {path} ({_reason(e)}); the map is corrupt or truncated, "
                 "replace it"
             ) from None
-        rgb = data[[uniq.index(b) for b in bands]]
-        return np.ascontiguousarray(to_uint8(rgb).transpose(1, 2, 0))
+        return to_uint8(data if pick is None else data[pick])
+
+    def read_array(self, i: int) -> np.ndarray:
+        """Tile ``i`` as uint8 ``[px, px, 3]`` RGB."""
+        return np.ascontiguousarray(self.read_bands(i).transpose(1, 2, 0))
 
     def read_rgb(self, i: int):
-        """Tile ``i`` as a PIL RGB image (``px × px``)."""
+        """Tile ``i`` as a PIL RGB image (``px × px``), merged from its planes without a transposed copy."""
         from PIL import Image
 
-        return Image.fromarray(self.read_array(i), mode="RGB")
+        planes = self.read_bands(i)
+        size = (self.px, self.px)
+        return Image.merge("RGB", [Image.frombuffer("L", size, np.ascontiguousarray(b), "raw", "L", 0, 1) for b in planes])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -596,6 +611,14 @@ def tile_maps(maps: Sequence[MapGeo], params: TilingParams, memo: DigestMemo | N
         px=params.px,
         digest=content_key(key_fields),
         names=tuple(names),
+        map_info=tuple(
+            {
+                "path": str(m.path.resolve()),
+                "name": m.name,
+                **({"corners": list(m.corners)} if m.georef == "corners" and m.corners else {}),
+            }
+            for m in maps
+        ),
     )
     return MapTiles(names, positions, source, key_fields, list(maps), grids, rows)
 

@@ -342,6 +342,7 @@ def _finish_entries(
                 "ranks": world,
                 **write_semi_positives(images, w.dir),
                 **(write_positions(images.positions, w.dir) if images.positions is not None else {}),
+                **(images.tiles.manifest_extra() if images.tiles is not None else {}),
             },
             allow_empty=False,
         )
