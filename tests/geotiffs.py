@@ -60,18 +60,18 @@ def write_geotiff(
 
 def utm_map(path: Path, h: int = 600, w: int = 800, res: float = 0.5, seed: int = 0, **kw) -> Path:
     """A map in UTM zone 50N, ``res`` metres per pixel, top-left at (500000 E, 3400000 N)."""
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     data = kw.pop("data", None)
     data = texture(h, w, seed) if data is None else data
-    return write_geotiff(path, data, crs=UTM50, transform=from_origin(500000.0, 3400000.0, res, res), **kw)
+    return write_geotiff(path, data, crs=UTM50, transform=Affine(res, 0.0, 500000.0, 0.0, -res, 3400000.0), **kw)
 
 
 def wgs84_map(path: Path, h: int = 500, w: int = 600, deg: float = 5e-6, seed: int = 1, **kw) -> Path:
     """A map in EPSG:4326, ``deg`` degrees per pixel, top-left at 30.5°N 116.5°E."""
-    from rasterio.transform import from_origin
+    from affine import Affine
 
-    return write_geotiff(path, texture(h, w, seed), crs=WGS84, transform=from_origin(116.5, 30.5, deg, deg), **kw)
+    return write_geotiff(path, texture(h, w, seed), crs=WGS84, transform=Affine(deg, 0.0, 116.5, 0.0, -deg, 30.5), **kw)
 
 
 # UAV-VisLoc-layout folder: per region, the map's pixel size and WGS84 corners (LT lat, LT lon, RB lat, RB lon).
