@@ -242,3 +242,21 @@ def test_flight_order_and_steps():
     assert step_seconds(np.array([0.0, np.nan, 3.0]), 1.5, "f").tolist() == [1.5, 1.5]
     with pytest.raises(UserError, match="dataset.frame_interval_s"):
         step_seconds(np.array([0.0, np.nan]), None, "f")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "retrieve.locate.k=0",
+        "retrieve.locate.temperature=0",
+        "retrieve.locate.max_speed_mps=-3",
+        "retrieve.locate.method=median",
+        "retrieve.locate.sequence=kalman",
+    ],
+)
+def test_locate_options_are_one_line_errors_when_the_config_loads(bad):
+    from cvgl.configs.schema import load_config
+
+    with pytest.raises(UserError, match=bad.split("=")[0].replace(".", r"\.")) as e:
+        load_config(None, ["protocol=map", bad])
+    assert "\n" not in str(e.value)
