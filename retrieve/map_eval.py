@@ -153,12 +153,11 @@ def run_map_protocol(
         res.topk, g_names, seq=seq,
     )
     maps = map_files(store, ge, cfg)
-    order = np.concatenate(_flight_rows(sequence, times, q_names)) if n_q else np.zeros(0, np.int64)
     from cvgl.retrieve.map_plot import write_map_png
 
     write_map_png(
         out_dir / "map.png", maps, true_lat, true_lon, ev.est_lat, ev.est_lon, ev.error_m,
-        order=order, seq=None if seq is None else (seq[0], seq[1]),
+        flights=_flight_rows(sequence, times, q_names), seq=None if seq is None else (seq[0], seq[1]),
         title=f"{qe.label} -> {ge.label}: {lc.method}" + (" + hmm" if seq else ""),
     )
     metrics["files"] = {"locations": "locations.csv", "map": "map.png"}
