@@ -6,7 +6,8 @@ On disk::
     <root>/entries/<key>/shard-00000.h5 …   see cache/shards.py
     <root>/aliases/<alias>                  a text file holding the key the alias points at
     <root>/locks/<key>.lock                 advisory file lock held while an entry is written
-    <root>/digests.json                     memo of checkpoint sha256s (path, size, mtime)
+    <root>/digests.json                     memo of checkpoint and map sha256s (path, size, mtime)
+    <root>/tile-masks/<key>.npy             which tiles of a map hold valid pixels (datasets/maps.py)
 """
 
 from __future__ import annotations

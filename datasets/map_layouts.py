@@ -34,7 +34,9 @@ def _map_names(paths: list[Path]) -> list[str]:
     return [f"{k:02d}-{s}" for k, s in enumerate(stems)]
 
 
-def _gallery(ds: DatasetConfig, layout: str, root: Path | None, memo: DigestMemo | None) -> tuple[MapTiles, Path]:
+def _gallery(
+    ds: DatasetConfig, layout: str, root: Path | None, memo: DigestMemo | None, masks_dir: Path | None
+) -> tuple[MapTiles, Path]:
     params = tiling_params(ds.tiles.size_m, ds.tiles.stride_m, ds.tiles.scales, ds.tiles.px)
     if layout == "map":
         if not ds.maps:
@@ -43,7 +45,7 @@ def _gallery(ds: DatasetConfig, layout: str, root: Path | None, memo: DigestMemo
         if len({p.resolve() for p in paths}) != len(paths):
             raise UserError(f"dataset.maps lists a map twice ({ds.maps}); list each once")
         geos = [open_map(p, n) for p, n in zip(paths, _map_names(paths))]
-        return tile_maps(geos, params, memo), paths[0].parent
+        return tile_maps(geos, params, memo, masks_dir), paths[0].parent
     from cvgl.datasets.uav_visloc import list_regions, read_corners, region_maps
 
     assert root is not None
@@ -52,7 +54,7 @@ def _gallery(ds: DatasetConfig, layout: str, root: Path | None, memo: DigestMemo
     for region in list_regions(root, ds.regions):
         for p in region_maps(root, region):
             geos.append(open_map(p, p.stem, corners.get(p.stem.lower())))
-    return tile_maps(geos, params, memo), root
+    return tile_maps(geos, params, memo, masks_dir), root
 
 
 def _queries(ds: DatasetConfig, layout: str, root: Path) -> Positions:
@@ -75,8 +77,12 @@ def _positions_digest(p: Positions, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def map_image_lists(ds: DatasetConfig, views: list[str], memo: DigestMemo | None = None) -> list[ImageList]:
-    """The image lists of ``views`` for a map layout (``ds.layout`` is ``map`` or ``uav_visloc``)."""
+def map_image_lists(
+    ds: DatasetConfig, views: list[str], memo: DigestMemo | None = None, masks_dir: Path | None = None
+) -> list[ImageList]:
+    """The image lists of ``views`` for a map layout (``ds.layout`` is ``map`` or ``uav_visloc``).
+
+    ``memo`` memoizes the maps' digests and ``masks_dir`` the nodata check (both in the cache)."""
     layout = ds.layout
     bad = [v for v in views if v not in MAP_VIEWS]
     if bad:
@@ -99,7 +105,7 @@ def map_image_lists(ds: DatasetConfig, views: list[str], memo: DigestMemo | None
     root = Path(ds.root).expanduser()
     if not root.is_dir():
         raise UserError(f"dataset root {root} is not a folder; set dataset.root (root=PATH)")
-    tiles, g_root = _gallery(ds, layout, root, memo)
+    tiles, g_root = _gallery(ds, layout, root, memo, masks_dir)
     out = []
     for v in views:
         if v == "gallery_satellite":

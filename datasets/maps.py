@@ -25,6 +25,7 @@ the list's :class:`~cvgl.datasets.positions.Positions`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
 from cvgl.core.keys import DigestMemo, content_key, file_sha256
 from cvgl.datasets.positions import Positions
@@ -407,6 +409,26 @@ def _valid_windows(m: MapGeo, windows: np.ndarray) -> np.ndarray:
     return total > 0
 
 
+def _valid_windows_memo(m: MapGeo, windows: np.ndarray, digest: str, masks_dir: Path | None) -> np.ndarray:
+    """:func:`_valid_windows`, remembered in ``masks_dir`` by the map's content digest and the windows, so
+    tiling the same map the same way again skips the pass over its mask (minutes for a large map)."""
+    if not m.has_mask or masks_dir is None:
+        return _valid_windows(m, windows)
+    wins = hashlib.sha256(np.ascontiguousarray(windows, dtype="<i8").tobytes()).hexdigest()
+    path = Path(masks_dir) / f"{content_key({'kind': 'tile-mask', 'map': digest, 'windows': wins})}.npy"
+    try:
+        found = np.load(path, allow_pickle=False)
+        if found.dtype == np.bool_ and found.shape == (len(windows),):
+            return found
+    except (OSError, ValueError):
+        pass
+    valid = _valid_windows(m, windows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a handle: np.save would append ".npy" to a name
+        np.save(fh, valid)
+    return valid
+
+
 def _gdal_env():
     import rasterio
 
@@ -540,8 +562,17 @@ def map_digest(path: Path, memo: DigestMemo | None) -> str:
     return memo.digest(path) if memo is not None else file_sha256(path)
 
 
-def tile_maps(maps: Sequence[MapGeo], params: TilingParams, memo: DigestMemo | None = None) -> MapTiles:
-    """Cut ``maps`` into tiles (see the module docstring); nodata tiles are left out."""
+def tile_maps(
+    maps: Sequence[MapGeo],
+    params: TilingParams,
+    memo: DigestMemo | None = None,
+    masks_dir: Path | None = None,
+) -> MapTiles:
+    """Cut ``maps`` into tiles (see the module docstring); nodata tiles are left out.
+
+    ``memo`` memoizes the maps' content digests; ``masks_dir`` (in the cache) remembers which tiles hold
+    valid pixels, per map content and grid.
+    """
     names: list[str] = []
     lat: list[np.ndarray] = []
     lon: list[np.ndarray] = []
@@ -557,7 +588,8 @@ def tile_maps(maps: Sequence[MapGeo], params: TilingParams, memo: DigestMemo | N
         grids.append(gs)
         wins = [_grid_windows(g) for g in gs]
         allw = np.concatenate(wins)
-        valid = _valid_windows(m, allw[:, :4])
+        digest = map_digest(m.path, memo)
+        valid = _valid_windows_memo(m, allw[:, :4], digest, masks_dir)
         start = 0
         rows.append([])
         for g, wn in zip(gs, wins):
@@ -586,7 +618,7 @@ def tile_maps(maps: Sequence[MapGeo], params: TilingParams, memo: DigestMemo | N
         key_maps.append(
             {
                 "name": m.name,
-                "sha256": map_digest(m.path, memo),
+                "sha256": digest,
                 **({"corners": list(m.corners)} if m.georef == "corners" and m.corners else {}),
             }
         )

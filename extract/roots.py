@@ -49,7 +49,7 @@ def dataset_root(cfg: Config, store: CacheStore) -> Path:
 def image_lists(cfg: Config, store: CacheStore) -> list[ImageList]:
     """The image list of every view of ``cfg.dataset`` (a ``folder`` dataset: one list per view name)."""
     if cfg.dataset.layout in MAP_LAYOUTS:
-        return map_image_lists(cfg.dataset, dataset_views(cfg), store.memo)
+        return map_image_lists(cfg.dataset, dataset_views(cfg), store.memo, store.root / "tile-masks")
     root = dataset_root(cfg, store)
     layout = "u1652" if cfg.dataset.layout == "synthetic" else cfg.dataset.layout
     if layout == "geoalign_release":

@@ -109,6 +109,27 @@ def test_all_nodata_tiles_are_skipped_and_an_all_nodata_map_refused(tmp_path):
         tile_maps([open_map(bad, "empty")], tiling_params(100.0, 100.0, [1], 16))
 
 
+def test_the_nodata_check_is_remembered_per_map_content_and_grid(tmp_path, monkeypatch):
+    import cvgl.datasets.maps as maps
+
+    data = texture(300, 300, seed=6)
+    data[data == 0] = 1
+    data[:, :100, :100] = 0
+    path = utm_map(tmp_path / "nd.tif", data=data, res=1.0, nodata=0)
+    masks = tmp_path / "masks"
+    first = tile_maps([open_map(path, "nd")], tiling_params(100.0, 100.0, [1], 16), masks_dir=masks)
+    assert len(first.names) == 8 and len(list(masks.iterdir())) == 1
+
+    def no_pass(*a, **k):
+        raise AssertionError("the mask was read again")
+
+    monkeypatch.setattr(maps, "_valid_windows", no_pass)
+    again = tile_maps([open_map(path, "nd")], tiling_params(100.0, 100.0, [1], 16), masks_dir=masks)
+    assert again.names == first.names
+    with pytest.raises(AssertionError, match="read again"):  # another grid: its own pass
+        tile_maps([open_map(path, "nd")], tiling_params(100.0, 50.0, [1], 16), masks_dir=masks)
+
+
 def test_maps_in_different_crss_are_tiled_together(tmp_path):
     a = open_map(utm_map(tmp_path / "a.tif", res=1.0), "a")
     b = open_map(wgs84_map(tmp_path / "b.tif"), "b")
