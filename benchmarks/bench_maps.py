@@ -151,7 +151,7 @@ def memory_child(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)
     base = rss_mb()
-    model = build_model(load_config(None, ["backbone.name=dinov3_vits16"]), torch.device("cpu"), "float32")
+    model = build_model(load_config(None, ["backbone.name=dinov3_vits16", "backbone.layers=[11]"]), torch.device("cpu"), "float32")
     with_model = rss_mb()
     q = Path(args.photos)
     ds = DatasetConfig(
