@@ -277,7 +277,9 @@ def demo(
     if which == "cvft":
         return _demo_cvft(args)
     if which == "map":
-        return _demo_map(args)
+        from cvgl.orchestration.demo_map import demo_map
+
+        return demo_map(args, say=say, out=out, run_stage=_run_stage)
     if which != "geoalign":
         raise UserError(f"unknown demo {which!r}; use `pipeline demo`, `pipeline demo cvft` or `pipeline demo map`")
     import json
@@ -366,28 +368,6 @@ def demo(
             f"{result.failed} of {len(result.rows)} demo points failed (status and error in "
             f"{spec.out / 'sweep.csv'}); fix them and rerun the same command: finished points are reused"
         )
-
-
-def _demo_map(overrides: list[str]) -> None:
-    """`pipeline demo map` (orchestration/demo_map.py): one table in metres, map.png per method."""
-    from rich.table import Table
-
-    from cvgl.configs.schema import load_config, split_override
-    from cvgl.orchestration.demo_map import TABLE_COLUMNS, run_map_demo, table_rows
-
-    given = load_config("demo", overrides)
-    folder = Path(given.out or Path("runs") / f"demo-map-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
-    rest = [a for a in overrides if split_override(a)[0] != "out"]
-    cfg = load_config("demo", [*rest, f"out={folder}", "name=demo_map"])
-    go = lambda cfg, store, run, reporter: run_map_demo(store, folder, rest, log=say, progress=reporter)  # noqa: E731
-    rows = _run_stage("demo", cfg, go)
-    table = Table(title="drone flight on a synthetic map: position error in metres (protocol=map)")
-    for c in ("method", *TABLE_COLUMNS):
-        table.add_column(c, justify="left" if c == "method" else "right")
-    for label, cells in table_rows(rows):
-        table.add_row(label, *cells)
-    out.print(table)
-    out.print(DEMO_NOTE)
 
 
 DEMO_CVFT_NOTE = (
