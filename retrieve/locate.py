@@ -16,7 +16,8 @@ Metrics (percent where a share), over the frames that have a true position insid
 * ``dist_m_mean`` / ``dist_m_median`` -- haversine metres from the estimated to the true position.
 * ``MA@<m>m`` -- share of frames whose estimate lies strictly closer than ``m`` metres (DenseUAV's MA,
   applied to the estimate instead of the top-1 item).
-* ``SDM@K`` -- DenseUAV's SDM over the top-K tile centres (:func:`retrieve.geo.sdm_per_query`).
+* ``SDM@K`` -- DenseUAV's SDM over the top-K tile centres (:func:`retrieve.geo.sdm_per_query`); not
+  reported for K larger than the gallery (R@K then saturates, as under the other protocols).
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ def map_metrics(
         q_pos = np.stack([true_lon[idx], true_lat[idx]], 1)
         g_pos = np.stack([tile_lon, tile_lat], 1)
         for kk in ks:
+            if int(kk) > top.shape[1]:
+                continue  # more than the gallery holds (R@K saturates; SDM@K is not defined)
             out[f"SDM@{kk}"] = 100.0 * float(np.mean(sdm_per_query(q_pos, g_pos, top[idx], int(kk), sdm_scale)))
     return out, MapEvaluation(est[0], est[1], error, first, counted, n_outside)
 

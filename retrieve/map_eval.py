@@ -114,10 +114,10 @@ def run_map_protocol(
     ks = tuple(int(k) for k in rc.ks)
     need = max(max(ks), lc.k, rc.topk or 10)
     topk = min(need, ge.count)
-    if max(ks) > ge.count or lc.k > ge.count:
+    if lc.k > ge.count:
         raise UserError(
-            f"gallery {ge.label} has {ge.count} tiles but R@{max(ks)} / retrieve.locate.k={lc.k} need more; "
-            f"lower retrieve.ks and retrieve.locate.k to at most {ge.count}"
+            f"gallery {ge.label} has {ge.count} tiles but retrieve.locate.k={lc.k}; set retrieve.locate.k to at "
+            f"most {ge.count}"
         )
     res = topk_lists(q_desc, gallery_chunks, topk=topk, device=device)
     common = dict(ks=ks, ma_metres=rc.ma_metres, sdm_scale=rc.sdm_scale)

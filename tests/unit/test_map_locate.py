@@ -260,3 +260,13 @@ def test_locate_options_are_one_line_errors_when_the_config_loads(bad):
     with pytest.raises(UserError, match=bad.split("=")[0].replace(".", r"\.")) as e:
         load_config(None, ["protocol=map", bad])
     assert "\n" not in str(e.value)
+
+
+def test_r_at_k_beyond_the_gallery_saturates():
+    t_lat, t_lon, fp = grid_tiles(0.0, 0.0, 2, 100.0, 100.0)  # 4 tiles
+    top = np.array([[3, 2, 1, 0]])
+    m, _ = map_metrics(
+        top, np.array([[0.9, 0.8, 0.7, 0.6]]), t_lat, t_lon, fp, t_lat[:1], t_lon[:1],
+        ks=[1, 10], ma_metres=[5.0], sdm_scale=5000.0,
+    )
+    assert m["R@1"] == 0.0 and m["R@10"] == 100.0 and "SDM@10" not in m and "SDM@1" in m
