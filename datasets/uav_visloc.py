@@ -111,6 +111,17 @@ def list_regions(root: Path, regions: Sequence[object]) -> list[str]:
     return found
 
 
+def _optional_number(cells: list[str], col: dict[str, int], key: str) -> float:
+    """A frame list's numeric cell, NaN when the column is absent or the cell is not a number."""
+    if key not in col:
+        return math.nan
+    try:
+        v = float(cells[col[key]].strip())
+    except ValueError:
+        return math.nan
+    return v if math.isfinite(v) else math.nan
+
+
 def region_frames(root: Path, region: str) -> Positions:
     """The drone frames of one region with their CSV positions (names ``NN/drone/<file>``)."""
     drone = root / region / "drone"
@@ -147,22 +158,13 @@ def region_frames(root: Path, region: str) -> Positions:
         if name in known:
             raise UserError(f"{where}: frame {f} has a second row; keep one row per frame")
 
-        def num(key: str) -> float:
-            if key not in col:
-                return math.nan
-            try:
-                v = float(cells[col[key]].strip())
-            except ValueError:
-                return math.nan
-            return v if math.isfinite(v) else math.nan
-
         t = parse_time(cells[col["date"]]) if "date" in col else math.nan
         known[name] = (
             parse_coordinate(cells[col["lat"]], "lat", where),
             parse_coordinate(cells[col["lon"]], "lon", where),
             math.nan if t is None else t,
-            num("height"),
-            num("phi1"),
+            _optional_number(cells, col, "height"),
+            _optional_number(cells, col, "phi1"),
         )
     if unmatched:
         shown = ", ".join(unmatched[:3]) + (" …" if len(unmatched) > 3 else "")
