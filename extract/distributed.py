@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cvgl.core.keys import content_key
 from cvgl.cache.store import CacheStore
 from cvgl.configs.schema import Config
 from cvgl.core.devices import resolve_device
 from cvgl.core.errors import UserError
-from cvgl.configs.schema import Config
+from cvgl.core.keys import content_key
 from cvgl.extract.keys import backbone_identity, check_layers, entry_spec, images_digest
 from cvgl.extract.models import compute_dtype
 from cvgl.extract.roots import image_lists

@@ -12,6 +12,7 @@ from cvgl.core.keys import content_key
 from cvgl.core.path_errors import check_path_usable
 from cvgl.datasets.layouts import ImageList, list_images
 from cvgl.datasets.map_layouts import MAP_LAYOUTS, map_image_lists
+from cvgl.datasets.naming import dataset_views
 
 
 def dataset_root(cfg: Config, store: CacheStore) -> Path:

@@ -38,11 +38,10 @@ from typing import Any
 
 import torch
 
-from cvgl.core.keys import content_key
 from cvgl.cache.store import CacheStore, EntryWriter
 from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
-from cvgl.core.keys import content_key, image_list_digest
+from cvgl.core.keys import content_key
 from cvgl.datasets.layouts import ImageList, write_semi_positives
 from cvgl.datasets.positions import write_positions
 from cvgl.extract.distributed import Ranks, launch_torchrun, rank_device, ranks_from_env
