@@ -119,6 +119,11 @@ def run_map_protocol(
             f"gallery {ge.label} has {ge.count} tiles but retrieve.locate.k={lc.k}; set retrieve.locate.k to at "
             f"most {ge.count}"
         )
+    if lc.sequence == "hmm":  # before the expensive pass: flights without times need frame_interval_s
+        from cvgl.retrieve.sequences import step_seconds
+
+        for rows in _flight_rows(sequence, times, q_names):
+            step_seconds(times[rows], getattr(cfg.dataset, "frame_interval_s", None), sequence[rows[0]])
     res = topk_lists(q_desc, gallery_chunks, topk=topk, device=device)
     common = dict(ks=ks, ma_metres=rc.ma_metres, sdm_scale=rc.sdm_scale)
     metrics, ev = map_metrics(
