@@ -415,7 +415,8 @@ def cmd_cache_export(
         None, "--view", help="geoalign: sat or dro (default: from the entry's view)."
     ),
 ) -> None:
-    """Export an entry as descriptors.npy + labels.npy + names.txt, or in GeoAlign's layout."""
+    """Export an entry as descriptors.npy + labels.npy + names.txt, or in GeoAlign's layout; an entry with
+    positions (map tiles, located photos) also gets positions.csv."""
     from cvgl.cache.importers import export_entry
 
     for p in export_entry(_store(), ref, fmt=fmt, out=dest, view=view):
