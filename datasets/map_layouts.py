@@ -59,7 +59,7 @@ def _gallery(
 
 def _queries(ds: DatasetConfig, layout: str, root: Path) -> Positions:
     if layout == "map":
-        return folder_queries(root, ds.query_positions)
+        return folder_queries(root, ds.query_positions, [Path(p).expanduser() for p in ds.maps])
     from cvgl.datasets.uav_visloc import list_regions, region_frames
 
     parts = [region_frames(root, r) for r in list_regions(root, ds.regions)]

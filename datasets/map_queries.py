@@ -291,9 +291,13 @@ def photo_positions(
     )
 
 
-def folder_queries(root: Path, positions_csv: str | None) -> Positions:
-    """The query photos under ``root`` with their positions, in flight order (see the module docstring)."""
-    photos = list_photos(root)
+def folder_queries(root: Path, positions_csv: str | None, exclude: Sequence[Path] = ()) -> Positions:
+    """The query photos under ``root`` with their positions, in flight order (see the module docstring).
+
+    ``exclude``: files that are not photos even if they lie under ``root`` (the maps, when a user keeps
+    them beside the frames)."""
+    skip = {Path(p).resolve() for p in exclude}
+    photos = [p for p in list_photos(root) if (root / p).resolve() not in skip]
     if not photos:
         raise UserError(
             f"no photos (.jpg, .png, .tif, …) under the query folder {root}; set dataset.root to the folder of "

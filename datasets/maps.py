@@ -671,17 +671,27 @@ def tile_of_positions(tiles: MapTiles, lat: np.ndarray, lon: np.ndarray) -> np.n
             col, row = m.lonlat_to_pixel(lon[todo], lat[todo])
         except Exception:  # noqa: BLE001 - a position the map's CRS cannot hold is outside it
             continue
-        col, row = np.asarray(col, dtype=np.float64), np.asarray(row, dtype=np.float64)
-        gc = np.clip(np.rint((col - g.w / 2) / g.step_x), 0, g.cols - 1)
-        gr = np.clip(np.rint((row - g.h / 2) / g.step_y), 0, g.rows - 1)
-        gc = np.nan_to_num(gc, nan=0).astype(np.int64)
-        gr = np.nan_to_num(gr, nan=0).astype(np.int64)
-        inside = (
-            (col >= gc * g.step_x) & (col < gc * g.step_x + g.w) & (row >= gr * g.step_y) & (row < gr * g.step_y + g.h)
-        )
-        found = np.where(inside, row_of[gr * g.cols + gc], -1)
-        idx = np.flatnonzero(todo)
-        out[idx] = found
+        col = np.nan_to_num(np.asarray(col, dtype=np.float64), nan=-1e18, posinf=-1e18, neginf=-1e18)
+        row = np.nan_to_num(np.asarray(row, dtype=np.float64), nan=-1e18, posinf=-1e18, neginf=-1e18)
+        # Every grid cell whose window holds the point: columns c with c·step ≤ col < c·step + w.
+        c_hi = np.floor(col / g.step_x)
+        r_hi = np.floor(row / g.step_y)
+        best = np.full(col.shape[0], -1, dtype=np.int64)
+        best_d = np.full(col.shape[0], np.inf)
+        for dr in range(-(-g.h // g.step_y) + 1):
+            for dc in range(-(-g.w // g.step_x) + 1):
+                gr, gc = r_hi - dr, c_hi - dc
+                ok = (gr >= 0) & (gr < g.rows) & (gc >= 0) & (gc < g.cols)
+                ok &= (col >= gc * g.step_x) & (col < gc * g.step_x + g.w)
+                ok &= (row >= gr * g.step_y) & (row < gr * g.step_y + g.h)
+                cell = np.where(ok, gr * g.cols + gc, 0).astype(np.int64)
+                kept = row_of[cell]
+                ok &= kept >= 0
+                d = (col - (gc * g.step_x + g.w / 2)) ** 2 + (row - (gr * g.step_y + g.h / 2)) ** 2
+                better = ok & (d < best_d)
+                best = np.where(better, kept, best)
+                best_d = np.where(better, d, best_d)
+        out[np.flatnonzero(todo)] = best
     return out
 
 

@@ -174,6 +174,26 @@ def test_uav_visloc_range_csv_without_the_space_and_its_errors(tmp_path):
         map_image_lists(ds, ["gallery_satellite"])
 
 
+def test_a_map_beside_the_photos_is_not_a_photo_and_labels_skip_nodata_tiles(tmp_path):
+    root = tmp_path / "q"
+    _photos(root, ["a.jpg"])
+    data = texture(300, 300, seed=7)
+    data[data == 0] = 1
+    data[:, :100, :100] = 0  # the first 100 m tile is all nodata
+    m = utm_map(root / "ortho.tif", data=data, res=1.0, nodata=0)
+    csv = tmp_path / "pos.csv"
+    from pyproj import Transformer
+
+    # A position at pixel (90, 90): inside tile (0, 0), which is skipped, and inside tile (1, 1) (50 m stride).
+    lon, lat = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True).transform(500090.0, 3400000.0 - 90.0)
+    csv.write_text(f"name,lat,lon\na.jpg,{lat!r},{lon!r}\n")
+    ds = DatasetConfig(layout="map", root=str(root), maps=[str(m)], query_positions=str(csv), tiles=TilesConfig(size_m=100, stride_m=50))
+    q, g = map_image_lists(ds, ["query_drone", "gallery_satellite"])
+    assert q.names == ("a.jpg",)
+    assert "ortho/x1/r0000_c0000" not in g.names
+    assert g.names[q.labels[0]] == "ortho/x1/r0001_c0001"
+
+
 def test_map_layout_refuses_other_views_and_missing_maps(tmp_path):
     root = tmp_path / "q"
     _photos(root, ["a.jpg"])
