@@ -863,6 +863,15 @@ class CacheStore:
                 problems.append(f"{p}: unreadable ({e.strerror or e})")
         if expected_row != m.count and not problems:
             problems.append(f"{d}: shards hold {expected_row} rows, manifest says {m.count}")
+        # Files beside the shards that the manifest records with a checksum (semi_positives.h5, positions.h5).
+        for info in m.extra.values():
+            if isinstance(info, dict) and isinstance(info.get("file"), str) and isinstance(info.get("sha256"), str):
+                p = d / info["file"]
+                try:
+                    if file_sha256(p) != info["sha256"]:
+                        problems.append(f"{p}: checksum mismatch (altered or corrupt)")
+                except OSError as e:
+                    problems.append(f"{p}: unreadable ({e.strerror or e})")
         return problems
 
     def verify(self, ref: str | None = None) -> dict[str, list[str]]:
