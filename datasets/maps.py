@@ -232,6 +232,10 @@ def open_map(path: str | os.PathLike, name: str, corners: Sequence[float] | None
         width, height = ds.width, ds.height
     try:
         mpp_x, mpp_y = _metres_per_pixel(transform, crs_wkt, width, height)
+        a, b, c, d, e, f = transform
+        lon, lat = _to_wgs84(crs_wkt)(np.array([a * width / 2 + b * height / 2 + c]), np.array([d * width / 2 + e * height / 2 + f]))
+        if not (np.isfinite(lon).all() and np.isfinite(lat).all() and abs(float(lat[0])) <= 90):
+            raise ValueError("its centre has no WGS84 position")
     except Exception as e:  # noqa: BLE001 - pyproj signals unusable CRSs with several types
         raise UserError(f"map {p} has a CRS pyproj cannot use ({_reason(e)}); reproject it") from None
     if not (mpp_x > 0 and mpp_y > 0 and math.isfinite(mpp_x) and math.isfinite(mpp_y)):
