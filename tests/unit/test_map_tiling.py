@@ -165,6 +165,13 @@ def test_bad_maps_are_one_line_errors(tmp_path):
         open_map(cut, "cut")
     with pytest.raises(UserError, match="does not exist"):
         open_map(tmp_path / "missing.tif", "missing")
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    local = CRS.from_wkt('LOCAL_CS["site",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+    site = write_geotiff(tmp_path / "site.tif", texture(50, 50), crs=local, transform=Affine(1, 0, 10, 0, -1, 90))
+    with pytest.raises(UserError, match="CRS pyproj cannot use"):
+        open_map(site, "site")
     m = open_map(good, "whole")
     with pytest.raises(UserError, match="does not fit map"):
         tile_maps([m], tiling_params(600.0, 100.0, [1], 16))
