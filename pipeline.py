@@ -268,7 +268,7 @@ def demo(
     """A synthetic end-to-end run on CPU. `demo` (default): drone→satellite with a small random DINOv3, a
     sweep over raw, ISMS, GeoAlign stream 1, fusion and EM-CVGL, then the same methods on synthetic
     descriptors with a known drone distortion. `demo cvft`: ground→aerial with a random VGG16 and CVFT
-    against its baselines."""
+    against its baselines. `demo map`: a drone flight located on a synthetic georeferenced map, in metres."""
     from cvgl.orchestration.demos import DemoUI, demo_cvft, demo_geoalign
 
     args = list(args or [])
@@ -279,7 +279,7 @@ def demo(
     if which == "map":
         from cvgl.orchestration.demo_map import demo_map
 
-        return demo_map(args, say=say, out=out, run_stage=_run_stage)
+        return demo_map(args, say=ui.say, out=ui.out, run_stage=ui.run_stage)
     if which != "geoalign":
         raise UserError(f"unknown demo {which!r}; use `pipeline demo`, `pipeline demo cvft` or `pipeline demo map`")
     demo_geoalign(args, world, ui)
