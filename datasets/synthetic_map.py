@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from cvgl.core.atomic import write_text_atomic
 from cvgl.core.errors import UserError
 from cvgl.datasets.synthetic import (
@@ -45,6 +43,7 @@ from cvgl.datasets.synthetic import (
     generation_lock,
     refuse_foreign,
 )
+from PIL import Image
 
 MARKER = "synthetic-map.json"
 _NAMES = frozenset({MARKER, MARKER + ".tmp", "map.tif", "frames", "positions.csv"})

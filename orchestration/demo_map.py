@@ -146,9 +146,8 @@ def demo_map(overrides: list[str], *, say: Callable[[str], None], out, run_stage
     ``out``: a rich Console; ``run_stage(stage, cfg, fn)`` runs ``fn(cfg, store, run, reporter)`` in a run
     folder with progress, as the command line's other demos do.
     """
-    from rich.table import Table
-
     from cvgl.configs.schema import load_config, split_override
+    from rich.table import Table
 
     given = load_config("demo", overrides)
     folder = Path(given.out or Path("runs") / f"demo-map-{time.strftime('%Y%m%d-%H%M%S')}").absolute()

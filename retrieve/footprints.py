@@ -17,7 +17,6 @@ handled (their footprints span ±180°).
 from __future__ import annotations
 
 import numpy as np
-
 from cvgl.core.errors import UserError
 
 # Metres per degree of latitude on the sphere of retrieve.geo's haversine (radius 6,378.137 km).

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
 from cvgl.retrieve.geo import haversine_m, sdm_per_query

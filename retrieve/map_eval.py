@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cvgl.cache.manifest import read_manifest
 from cvgl.cache.positions import entry_positions
 from cvgl.cache.store import CacheStore, Entry

@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
 from cvgl.core.atomic import atomic_path
 from cvgl.datasets.maps import MapGeo
+from PIL import Image, ImageDraw, ImageFont
 
 CANVAS_PX = 1100
 
@@ -135,6 +134,21 @@ def _panel(
     return Image.fromarray(canvas, "RGB"), to_px
 
 
+def _polyline(
+    draw: ImageDraw.ImageDraw,
+    to_px: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    lat: np.ndarray,
+    lon: np.ndarray,
+    fill: tuple[int, int, int],
+    width: int,
+) -> None:
+    """A track through the finite positions, in order."""
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    pts = [tuple(map(float, p)) for p in to_px(lat[ok], lon[ok])]
+    if len(pts) > 1:
+        draw.line(pts, fill=fill, width=width)
+
+
 def write_map_png(
     path: Path,
     maps: Sequence[MapGeo],
@@ -168,15 +182,9 @@ def write_map_png(
         draw = ImageDraw.Draw(img)
         w, h = img.size
 
-        def line(lat: np.ndarray, lon: np.ndarray, fill: tuple[int, int, int], width: int) -> None:
-            ok = np.isfinite(lat) & np.isfinite(lon)
-            pts = [tuple(map(float, p)) for p in to_px(lat[ok], lon[ok])]
-            if len(pts) > 1:
-                draw.line(pts, fill=fill, width=width)
-
-        line(true_lat[rows], true_lon[rows], (255, 255, 255), 3)
+        _polyline(draw, to_px, true_lat[rows], true_lon[rows], (255, 255, 255), 3)
         if seq is not None:
-            line(seq[0][rows], seq[1][rows], (0, 220, 255), 2)
+            _polyline(draw, to_px, seq[0][rows], seq[1][rows], (0, 220, 255), 2)
         for i in rows:
             if not (math.isfinite(est_lat[i]) and math.isfinite(est_lon[i])):
                 continue

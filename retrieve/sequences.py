@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 from cvgl.core.errors import UserError
 from cvgl.retrieve.geo import haversine_m
 

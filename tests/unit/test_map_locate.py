@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from cvgl.core.errors import UserError
 from cvgl.retrieve.footprints import contains, footprint_positives, tile_radius_m
 from cvgl.retrieve.locate import locate, map_metrics, outside_warning, write_locations
