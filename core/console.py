@@ -287,14 +287,21 @@ def say(console: Console, message: str, *, quiet: bool) -> None:
 
 
 def metrics_table(rows: Iterable[tuple[str, Mapping[str, Any]]], title: str = "retrieval") -> Table:
-    """One row per (label, metrics) pair: protocol, R@1, R@5, R@10, R@1%, AP ("–" where absent)."""
+    """One row per (label, metrics) pair: protocol, R@1, R@5, R@10, R@1%, AP ("–" where absent); with
+    metres (protocol=map) also the median error per frame and, when smoothed, per flight."""
+    rows = list(rows)
+    columns = list(METRIC_COLUMNS)
+    metres = [("median m", "dist_m_median"), ("flight median m", "seq.dist_m_median")]
+    extra = [(name, key) for name, key in metres if any(key in m for _, m in rows)]
     table = Table(title=title)
     table.add_column("descriptors")
     table.add_column("protocol")
-    for k in METRIC_COLUMNS:
+    for k in columns + [name for name, _ in extra]:
         table.add_column(k, justify="right")
     for label, m in rows:
-        table.add_row(label, str(m["protocol"]), *[f"{m[k]:.2f}" if k in m else "–" for k in METRIC_COLUMNS])
+        cells = [f"{m[k]:.2f}" if k in m else "–" for k in columns]
+        cells += [f"{m[key]:.1f}" if key in m else "–" for _, key in extra]
+        table.add_row(label, str(m["protocol"]), *cells)
     return table
 
 
