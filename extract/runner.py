@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from cvgl.cache.store import CacheStore, EntryWriter
 from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
@@ -46,13 +45,13 @@ from cvgl.datasets.layouts import ImageList, write_semi_positives
 from cvgl.datasets.positions import write_positions
 from cvgl.extract.distributed import Ranks, launch_torchrun, rank_device, ranks_from_env
 from cvgl.extract.keys import (
-    images_digest,
     Layer,
     Preprocess,
     backbone_identity,
     check_layers,
     entry_alias,
     entry_spec,
+    images_digest,
     view_preprocess,
 )
 from cvgl.extract.models import ExtractModel, build_model, choose_batch_size, compute_dtype
