@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cvgl.core.threads import prepare_openmp_env
+
+# Before anything imports torch: OpenMP reads its wait policy once, when torch loads it
+# (core/threads.py says why the tool's threads wait passively).
+prepare_openmp_env()
+
 # `align`, `extract` and `retrieve` name subpackages here; their API calls are `pipeline.align` etc.
 __all__ = ["Progress", "Reporter", "StageResult", "UserError", "evaluate", "load_config", "open_entry", "run"]
 

@@ -36,6 +36,7 @@ from cvgl.configs.schema import Config, to_dict
 from cvgl.core.atomic import atomic_path, write_text_atomic
 from cvgl.core.bounded_yaml import load_yaml
 from cvgl.core.errors import UserError
+from cvgl.core.threads import available_cores
 from cvgl.orchestration.sweep_spec import Point, Sweep, display
 
 METRICS = ("R@1", "R@5", "R@10", "R@1%", "AP")
@@ -57,11 +58,8 @@ class PointTask:
 
 
 def cores() -> int:
-    """CPU cores this process may use (its affinity mask, else the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """CPU cores this process may use: its affinity mask and cgroup CPU quota (core/threads.py)."""
+    return available_cores()
 
 
 def plan_jobs(n_jobs: int, n_points: int, n_cores: int) -> tuple[int, int]:
