@@ -25,10 +25,12 @@ same way and training starts from the shared-encoder solution.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from cvgl.core.bounded_yaml import YAMLBoundError, load_yaml
@@ -306,6 +308,44 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+def dropout_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> torch.Tensor:
+    """Inverted-dropout multiplier for a CPU tensor: 0 with probability ``p``, else ``1/(1-p)``.
+
+    Torch's CPU ``bernoulli_`` draws each element serially from a Mersenne twister (12 % of a
+    release-size stream-1 step in bf16, BENCHMARKS.md); here 16 random bits per element come from a
+    PCG64 stream (numpy, vectorized) seeded by one draw from torch's global RNG, so the masks follow
+    ``torch.manual_seed`` and the trainers' forked RNG, and a resumed run draws the same masks.
+    ``p`` is honoured to 2⁻¹⁶.
+    """
+    n = math.prod(shape)
+    seed = int(torch.randint(0, 2**62, (1,)))
+    bits = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw((n + 3) // 4)
+    keep = bits.view(np.int16)[:n] >= round(p * 65536) - 32768  # int16 is uniform on [-2¹⁵, 2¹⁵)
+    scale = torch.tensor(1.0 / (1.0 - p), dtype=dtype)
+    if dtype == torch.bfloat16:
+        # numpy has no bf16: build the multiplier from its bit pattern (0 is all zero bits).
+        out = np.where(keep, np.int16(scale.view(torch.int16).item()), np.int16(0))
+        return torch.from_numpy(out).view(torch.bfloat16).view(shape)
+    return torch.from_numpy(np.where(keep, scale.item(), 0.0).astype(np.float32)).to(dtype).view(shape)
+
+
+def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout(x, p, training)`` with :func:`dropout_mask` on the CPU (same distribution)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training)
+    return x * dropout_mask(tuple(x.shape), p, x.dtype)
+
+
+class FastDropout(nn.Dropout):
+    """:class:`nn.Dropout` drawing its CPU masks with :func:`dropout_mask` (no parameters, so module
+    indices and state-dict keys are those of ``nn.Dropout``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+
 class FeedForward(nn.Module):
     """``net`` = Linear(c→4c), ReLU, Dropout, Linear(4c→c), Dropout (indices 0 and 3 hold weights)."""
 
@@ -314,13 +354,27 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(dim, hidden),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            FastDropout(dropout),
             nn.Linear(hidden, dim),
-            nn.Dropout(dropout),
+            FastDropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def attention_train(attn: nn.MultiheadAttention, h: torch.Tensor) -> torch.Tensor:
+    """Self-attention of ``h`` [B, T, C] with ``attn``'s weights, in training mode: what
+    ``attn(h, h, h, need_weights=False)[0]`` computes, with its attention-weight dropout drawn by
+    :func:`fast_dropout`, and the heads split batch-first (no [T, B, C] transposes and copies)."""
+    b, t, c = h.shape
+    nh = attn.num_heads
+    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(b, t, 3, nh, c // nh)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, c/heads]
+    w = torch.matmul(q, k.transpose(-2, -1)) * (c // nh) ** -0.5
+    w = fast_dropout(w.softmax(dim=-1), attn.dropout, True)
+    out = torch.matmul(w, v).transpose(1, 2).reshape(b, t, c)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
 class TransformerExpert(nn.Module):
@@ -354,7 +408,11 @@ class TransformerExpert(nn.Module):
         b = x.shape[0]
         t = x.reshape(b, self.num_chunks, self.chunk_dim) + self.pos_embed
         h = self.norm1(t)
-        t = t + self.ls1(self.attn(h, h, h, need_weights=False)[0])
+        if self.training and self.attn.dropout > 0:
+            a = attention_train(self.attn, h)
+        else:
+            a = self.attn(h, h, h, need_weights=False)[0]
+        t = t + self.ls1(a)
         t = t + self.ls2(self.ffn(self.norm2(t)))
         return self.proj(t.reshape(b, self.dim))
 

@@ -11,6 +11,14 @@ python benchmarks/bench_align.py time [--epochs 3] [--isms-epochs 1] [--threads 
 python benchmarks/bench_align.py time --dtype bfloat16 …
     The same in bf16 autocast (align.dtype=bfloat16; fast only where the CPU has AMX/AVX512-BF16).
 
+python benchmarks/bench_align.py floor [--epochs 4] [--repeat 2] [--dtype auto] [--threads N]
+    Stream 1 at University-1652 size (701 + 37,854 × 1,280-d, release settings, vec_dim 2560) against
+    its floor, in one run: the FLOP of one training step (FlopCounterMode, forward + backward) at the
+    throughput of a bare matmul of the dominant shape (37,854 × 1,280 × 2,560, best of 5, timed before
+    and after the training, best taken) in the dtype ``align.dtype`` resolves to here (auto: bf16
+    on AMX/AVX512-BF16 CPUs). Ratio = median seconds per epoch (the first epoch of each run left
+    out: allocator warm-up) / floor seconds per epoch. ``--repeat`` trains that many times.
+
 python benchmarks/bench_align.py profile [--steps 2] [--threads N] [--dtype float32] [--top 15]
     torch.profiler over release-size stream-1 training steps (forward, losses, backward, clipping,
     CAdamW), after one warm-up step: the operations with the most self CPU time, and the share of
@@ -121,6 +129,83 @@ def bench_time(args: argparse.Namespace) -> dict:
     out["total_min"] = out["stream1_300_epochs_min"] + out["isms_full_min"]
     out.update(work_bound(cfg, icfg, n_sat, n_rows=n_sat + n_dro, device=device))
     return out
+
+
+def bench_floor(args: argparse.Namespace) -> dict:
+    """Seconds per stream-1 epoch at University-1652 size over the bare-matmul floor (module docstring)."""
+    import statistics
+
+    from cvgl.align.train_stream1 import compute_dtype, stream1_batch_loss
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = compute_dtype(args.dtype, "cpu")
+    g = torch.Generator().manual_seed(0)
+    n_sat, n_dro, dim = 701, 37854, 1280
+    sat = F.normalize(torch.randn(n_sat, dim, generator=g), dim=-1)
+    dro = F.normalize(torch.randn(n_dro, dim, generator=g), dim=-1)
+    cfg = Stream1Config()
+    torch.manual_seed(0)
+    model = GeoAlignStream1(cfg).train()
+    loss_fn = stream1_batch_loss(cfg)
+    flop = step_flops(
+        lambda: loss_fn(model, None, sat, dro[: n_sat * cfg.dro_num], None, None, 0)[0].backward()
+    )
+    mm_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+
+    def matmul_best(repeat: int = 5) -> tuple[float, float]:
+        """Best (wall, CPU) FLOP/s of the dominant-shape matmul."""
+        a = torch.randn(n_dro, dim, generator=g).to(mm_dtype)
+        b = torch.randn(dim, cfg.vec_dim, generator=g).to(mm_dtype)
+        a @ b
+        wall = cpu = math.inf
+        for _ in range(repeat):
+            t, c = time.perf_counter(), time.process_time()
+            a @ b
+            wall, cpu = min(wall, time.perf_counter() - t), min(cpu, time.process_time() - c)
+        work = 2 * n_dro * dim * cfg.vec_dim
+        return work / wall, work / cpu
+
+    load_before = os.getloadavg()
+    rates = [matmul_best()]
+    walls: list[float] = []
+    cpus: list[float] = []
+    runs = []
+    for _ in range(args.repeat):
+        stamps: list[tuple[float, float]] = []
+        t0 = (time.perf_counter(), time.process_time())
+        train_stream1(
+            sat, dro, cfg.replace(epochs=args.epochs), dtype=dtype,
+            on_epoch=lambda e, s: stamps.append((time.perf_counter(), time.process_time())),
+        )
+        per = [(b[0] - a[0], b[1] - a[1]) for a, b in zip([t0] + stamps[:-1], stamps)]
+        runs.append([round(w, 3) for w, _ in per])
+        steady = per[1:] or per
+        walls.extend(w for w, _ in steady)
+        cpus.extend(c for _, c in steady)
+        rates.append(matmul_best())
+    rate = max(r[0] for r in rates)
+    cpu_rate = max(r[1] for r in rates)
+    epoch_s = statistics.median(walls)
+    floor_s = flop / rate
+    return {
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "gflop_per_epoch": flop / 1e9,
+        "matmul_gflops_runs": [round(r[0] / 1e9, 1) for r in rates],
+        "matmul_gflops": rate / 1e9,
+        "floor_s_per_epoch": floor_s,
+        "s_per_epoch_runs": runs,
+        "s_per_epoch_median": epoch_s,
+        "ratio_to_floor": epoch_s / floor_s,
+        # The same in CPU seconds (all threads of this process): far less disturbed by other
+        # processes than wall time on a shared machine, provided OpenMP threads wait passively.
+        "matmul_gflop_per_cpu_s": cpu_rate / 1e9,
+        "cpu_s_per_epoch_median": statistics.median(cpus),
+        "cpu_ratio_to_floor": statistics.median(cpus) / (flop / cpu_rate),
+    }
 
 
 def bench_profile(args: argparse.Namespace) -> dict:
@@ -422,6 +507,11 @@ def main() -> None:
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default cpu)")
     t.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="align.dtype")
+    fl = sub.add_parser("floor", help="stream-1 seconds per epoch over the bare-matmul floor")
+    fl.add_argument("--epochs", type=int, default=4)
+    fl.add_argument("--repeat", type=int, default=2)
+    fl.add_argument("--threads", type=int, default=0)
+    fl.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     pr = sub.add_parser("profile")
     pr.add_argument("--steps", type=int, default=2)
     pr.add_argument("--threads", type=int, default=0)
@@ -436,7 +526,7 @@ def main() -> None:
     v.add_argument("--extra-path", default=None, help="PYTHONPATH entry with easydict/tqdm for GeoAlign")
     v.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    run = {"time": bench_time, "profile": bench_profile, "save": bench_save, "verify-release": bench_verify}[args.cmd]
+    run = {"time": bench_time, "floor": bench_floor, "profile": bench_profile, "save": bench_save, "verify-release": bench_verify}[args.cmd]
     out = run(args)
     print(json.dumps(out, indent=2))
 

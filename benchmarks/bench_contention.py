@@ -10,7 +10,8 @@ under test):
   drone synthetic descriptors (``align.synthetic``), ``--s1-epochs`` epochs (one step each).
 * ``isms``: ISMS (``train_isms``) on the same 2,200 rows, two 256-d layers, ``--isms-epochs`` epochs.
 * ``extract``: the demo's extraction (``configs/demo.yaml``: 300 synthetic images, DINOv3 ViT-S/16
-  with random weights, 128 px, layers 10+11, GeM) into a fresh cache, network built included.
+  with random weights, 128 px, layers 10+11, GeM) into a fresh cache, network built included;
+  ``--locations`` takes fewer of its 40 locations (6 drone views + 1 satellite each, 20 distractors).
 
 Modes, both in the same run:
 
@@ -47,7 +48,12 @@ BUSY = "while True: pass"
 
 
 # -- child: one timed workload ----------------------------------------------------------------------
-def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int) -> dict:
+def extract_overrides(data: Path, locations: int) -> list[str]:
+    """The demo's extraction (configs/demo.yaml) with ``locations`` of its 40 locations."""
+    return [f"dataset.root={data / 'images'}", f"dataset.synthetic.n_locations={locations}"]
+
+
+def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int, locations: int) -> dict:
     if mode == "old":
         import torch  # noqa: F401  (loads OpenMP before cvgl could set anything)
     policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
@@ -64,7 +70,7 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
         from cvgl.configs.schema import load_config
         from cvgl.extract.runner import run_extraction
 
-        cfg = load_config("demo", [f"dataset.root={data / 'images'}"])
+        cfg = load_config("demo", extract_overrides(data, locations))
         with tempfile.TemporaryDirectory(dir=data) as tmp:
             t0 = time.perf_counter()
             run_extraction(cfg, CacheStore(tmp))
@@ -100,7 +106,7 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
 
 
 # -- parent -------------------------------------------------------------------------------------------
-def prepare(data: Path) -> None:
+def prepare(data: Path, locations: int) -> None:
     """Synthetic descriptors (400 satellites + 1,800 drones, 256-d, two layers) and the demo images."""
     import torch
 
@@ -127,7 +133,7 @@ def prepare(data: Path) -> None:
         },
         data / "descriptors.pt",
     )
-    cfg = load_config("demo", [f"dataset.root={data / 'images'}"])
+    cfg = load_config("demo", extract_overrides(data, locations))
     image_lists(cfg, CacheStore(data / "gen"))  # writes the synthetic images once
 
 
@@ -147,8 +153,15 @@ def run_cell(workload: str, mode: str, loaded: bool, data: Path, args) -> dict:
         cmd = [
             sys.executable, __file__, "--child", workload, "--mode", mode, "--data", str(data),
             "--s1-epochs", str(args.s1_epochs), "--isms-epochs", str(args.isms_epochs),
+            "--locations", str(args.locations),
         ]
-        res = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, check=False)
+        try:
+            res = subprocess.run(
+                cmd, env=child_env(), capture_output=True, text=True, check=False, timeout=args.cap
+            )
+        except subprocess.TimeoutExpired:
+            # A collapsed run is stopped at the cap: its time is then a lower bound.
+            return {"seconds": float(args.cap), "capped": True, "threads": None, "wait_policy": None}
     finally:
         for p in busy:
             p.kill()
@@ -176,13 +189,17 @@ def main() -> None:
     ap.add_argument("--isms-epochs", type=int, default=10)
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument(
+        "--locations", type=int, default=40, help="extract: demo locations (40 = the demo's 300 images)"
+    )
+    ap.add_argument("--cap", type=float, default=300.0, help="stop a run after this many seconds (a lower bound)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", choices=WORKLOADS, help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.mode, Path(args.data), args.s1_epochs, args.isms_epochs)))
+        print(json.dumps(child(args.child, args.mode, Path(args.data), args.s1_epochs, args.isms_epochs, args.locations)))
         return
 
     load_before = os.getloadavg()
@@ -190,7 +207,7 @@ def main() -> None:
     cells: dict[tuple[str, str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-contention-") as tmp:
         data = Path(tmp)
-        prepare(data)
+        prepare(data, args.locations)
         for r in range(args.repeat):
             for w in args.workloads:
                 for m in args.modes:
@@ -200,7 +217,8 @@ def main() -> None:
                         out["load_1m"] = os.getloadavg()[0]
                         cells.setdefault((w, m, c), []).append(out)
                         print(
-                            f"[{r + 1}/{args.repeat}] {w:8s} {m:3s} {c:6s} {out['seconds']:7.2f} s "
+                            f"[{r + 1}/{args.repeat}] {w:8s} {m:3s} {c:6s} {out['seconds']:7.2f} s"
+                            f"{' (cap)' if out.get('capped') else ''} "
                             f"(threads {out['threads']}, wait {out['wait_policy']}, load {out['load_1m']:.2f})",
                             file=sys.stderr,
                             flush=True,
@@ -214,8 +232,9 @@ def main() -> None:
             row = {
                 "workload": w,
                 "mode": m,
-                "threads": cells[(w, m, "alone")][0]["threads"],
-                "wait_policy": cells[(w, m, "alone")][0]["wait_policy"],
+                "threads": next((x["threads"] for x in cells[(w, m, "alone")] if x["threads"]), None),
+                "wait_policy": next((x["wait_policy"] for x in cells[(w, m, "alone")] if x["wait_policy"]), None),
+                "capped_runs": sum(bool(x.get("capped")) for c in CONDITIONS for x in cells[(w, m, c)]),
                 "alone_s": alone,
                 "loaded_s": loaded,
                 "loaded_over_alone": loaded / alone,
@@ -232,16 +251,19 @@ def main() -> None:
         "cores": os.cpu_count(),
         "load_before": load_before,
         "load_after": load_after,
-        "settings": {"repeat": args.repeat, "s1_epochs": args.s1_epochs, "isms_epochs": args.isms_epochs},
+        "settings": {
+            "repeat": args.repeat, "s1_epochs": args.s1_epochs, "isms_epochs": args.isms_epochs, "cap_s": args.cap,
+            "extract_locations": args.locations,
+        },
         "rows": rows,
     }
-    print("| workload | mode | threads | wait policy | alone (median) | beside 2 busy loops | loaded / alone | alone new / old |")
-    print("|---|---|---:|---|---:|---:|---:|---:|")
+    print("| workload | mode | threads | wait policy | alone (median) | beside 2 busy loops | loaded / alone | alone new / old | runs stopped at the cap |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
     for row in rows:
         ratio = f"{row['alone_new_over_old']:.2f}" if "alone_new_over_old" in row else ""
         print(
             f"| {row['workload']} | {row['mode']} | {row['threads']} | {row['wait_policy']} | "
-            f"{row['alone_s']:.2f} s | {row['loaded_s']:.2f} s | **{row['loaded_over_alone']:.2f}×** | {ratio} |"
+            f"{row['alone_s']:.2f} s | {row['loaded_s']:.2f} s | **{row['loaded_over_alone']:.2f}×** | {ratio} | {row['capped_runs']} |"
         )
     print(f"load before {load_before}, after {load_after}; {result['cpu']}")
     if args.json:
