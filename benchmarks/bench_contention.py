@@ -54,10 +54,12 @@ def extract_overrides(data: Path, locations: int) -> list[str]:
 
 
 def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int, locations: int) -> dict:
+    # The order of these imports is the experiment: "old" loads torch (and OpenMP) before cvgl
+    # could set anything, "new" imports cvgl first, as the CLI does.
     if mode == "old":
-        import torch  # noqa: F401  (loads OpenMP before cvgl could set anything)
+        import torch  # noqa: F401
     policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
-    from cvgl.core.threads import apply_thread_policy
+    from cvgl.core.threads import apply_thread_policy  # noqa: I001
 
     import torch
 
@@ -109,7 +111,6 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
 def prepare(data: Path, locations: int) -> None:
     """Synthetic descriptors (400 satellites + 1,800 drones, 256-d, two layers) and the demo images."""
     import torch
-
     from cvgl.align.synthetic import WorldConfig, make_splits
     from cvgl.cache.store import CacheStore
     from cvgl.configs.schema import load_config
@@ -118,11 +119,14 @@ def prepare(data: Path, locations: int) -> None:
     _, _, train = make_splits(
         WorldConfig(dim=256), n_locations=360, views_per_location=5, n_distractors=0, n_train_locations=360
     )
-    l0, l1 = train.layers
-    sat = [torch.from_numpy(train.satellite[l]) for l in (l0, l1)]
-    dro = [torch.from_numpy(train.drone[l]) for l in (l0, l1)]
+    layers = train.layers
+    sat = [torch.from_numpy(train.satellite[layer]) for layer in layers]
+    dro = [torch.from_numpy(train.drone[layer]) for layer in layers]
     # 360 located satellites + 40 extra tiles (the train split has no distractors) = 400.
-    extra = [torch.nn.functional.normalize(torch.randn(40, 256, generator=torch.Generator().manual_seed(l)), dim=-1) for l in (0, 1)]
+    extra = [
+        torch.nn.functional.normalize(torch.randn(40, 256, generator=torch.Generator().manual_seed(i)), dim=-1)
+        for i in (0, 1)
+    ]
     sat = [torch.cat([s, e]) for s, e in zip(sat, extra)]
     torch.save(
         {
@@ -176,8 +180,9 @@ def cpu_flags() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor()
-    model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "")
-    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
+    lines = text.splitlines()
+    model = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "")
+    flags = next((x.split(":", 1)[1].split() for x in lines if x.startswith("flags")), [])
     keep = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
     return f"{model}; {' '.join(keep)}"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cvgl.align.geoalign import attention_train, dropout_mask, fast_dropout
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cvgl.core.threads import (
     available_cores,
     cgroup_cpu_limit,
