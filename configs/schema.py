@@ -224,6 +224,9 @@ class RetrieveConfig:
     report: bool = True  # recall@K curve (recall_curve.png) and report.html with thumbnails
     report_queries: int = 40  # queries shown in report.html (half the worst, half at random)
     thumb_size: int = 112  # thumbnail side in pixels
+    # what report.html, metrics.json and `run` compare with: raw (the alignment's raw input descriptors,
+    # i.e. align.method=identity on the same entries) | none | a run folder (its per_query.csv)
+    baseline: str = "raw"
     # University-160k submission: top-10 gallery ids per query, tab-separated (relative = in the run folder)
     answer: str | None = None
     answer_order: str | None = None  # the challenge's query_drone_name.txt; None = the query entry's order

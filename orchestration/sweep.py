@@ -454,53 +454,8 @@ def write_results(sweep: Sweep, *, reused: int = 0) -> SweepResult:
     return SweepResult(rows, files, reused, failed, md)
 
 
-def write_plot(path: Path, sweep: Sweep, rows: list[dict[str, Any]], metrics: tuple[str, ...] = ("R@1", "AP")) -> Path:
-    """``sweep.png``: one panel per axis, each point's metrics (dots) and their mean per value (line);
-    drawn with Pillow alone, like the recall curves."""
-    from cvgl.retrieve.reports import _CURVE_COLORS, _font
-    from PIL import Image, ImageDraw
+def write_plot(path: Path, sweep: Sweep, rows: list[dict[str, Any]]) -> Path:
+    """``sweep.png`` (:mod:`cvgl.orchestration.sweep_plot`): a panel per metric, seed as error bars."""
+    from cvgl.orchestration.sweep_plot import write_sweep_plot
 
-    axes = sweep.axis_keys
-    pw, ph = 720, 300
-    left, right, top, bottom = 64, 150, 36, 56
-    img = Image.new("RGB", (pw, ph * len(axes)), "white")
-    draw = ImageDraw.Draw(img)
-    font, small = _font(15), _font(12)
-    for n, axis in enumerate(axes):
-        y0 = n * ph
-        labels = list(dict.fromkeys(r[axis] for r in rows))
-        x_lo, x_hi, y_lo, y_hi = left, pw - right, y0 + top, y0 + ph - bottom
-
-        def x_of(i: int, _n: int = len(labels), _lo: int = x_lo, _hi: int = x_hi) -> float:
-            return (_lo + _hi) / 2 if _n == 1 else _lo + 20 + i * (_hi - _lo - 40) / (_n - 1)
-
-        def y_of(v: float, _lo: int = y_lo, _hi: int = y_hi) -> float:
-            return _hi - (v / 100.0) * (_hi - _lo)
-
-        for r in range(0, 101, 20):
-            draw.line([(x_lo, y_of(r)), (x_hi, y_of(r))], fill="#e4e4e4")
-            draw.text((x_lo - 8, y_of(r)), str(r), fill="black", font=small, anchor="rm")
-        draw.rectangle([x_lo, y_lo, x_hi, y_hi], outline="black")
-        draw.text((pw / 2, y0 + 10), f"metric vs {axis}", fill="black", font=font, anchor="mt")
-        for i, lab in enumerate(labels):
-            text = lab if len(lab) <= 18 else lab[:17] + "…"
-            draw.text((x_of(i), y_hi + 8), text, fill="black", font=small, anchor="mt")
-        draw.text((14, (y_lo + y_hi) / 2), "%", fill="black", font=small, anchor="lm")
-        for c, m in enumerate(metrics):
-            color = _CURVE_COLORS[c % len(_CURVE_COLORS)]
-            means = []
-            for i, lab in enumerate(labels):
-                vals = [r[m] for r in rows if r[axis] == lab and isinstance(r[m], float)]
-                for v in vals:
-                    x, y = x_of(i) + (c * 6 - 3), y_of(v)
-                    draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-                if vals:
-                    means.append((x_of(i), y_of(sum(vals) / len(vals))))
-            if len(means) > 1:
-                draw.line(means, fill=color, width=2)
-            ly = y_lo + 12 + 20 * c
-            draw.line([(x_hi + 12, ly), (x_hi + 40, ly)], fill=color, width=3)
-            draw.text((x_hi + 46, ly), f"{m} (line: mean)", fill="black", font=small, anchor="lm")
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return path
+    return write_sweep_plot(path, sweep.axis_keys, rows, {a.key: a.values for a in sweep.axes})

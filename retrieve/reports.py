@@ -141,6 +141,11 @@ class ReportData:
     topk_source: str = "exact"
     curve_png: str | None = "recall_curve.png"
     score_name: str = "score"  # what topk_scores are ("score": higher is better; "distance": lower)
+    subtitle: str = ""  # what was compared (entries, protocol), under the title
+    g_labels: np.ndarray | None = None  # gallery labels (to show a failed query's true match); None: cvft rows
+    baseline_first: np.ndarray | None = None  # the baseline's first-match ranks (-1 none, -2 unknown)
+    baseline_label: str = ""
+    baseline_metrics: dict | None = None
 
 
 def select_queries(first_rank: np.ndarray, ap: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -163,6 +168,40 @@ def select_queries(first_rank: np.ndarray, ap: np.ndarray, n: int, seed: int = 0
     rank_of = np.empty(first.size, np.int64)
     rank_of[order] = np.arange(first.size)
     return chosen[np.argsort(rank_of[chosen], kind="stable")]
+
+
+def select_changes(change: np.ndarray, first_rank: np.ndarray, ap: np.ndarray, n: int) -> np.ndarray:
+    """``n`` query indices for a page with a baseline: the largest changes of rank both ways (half the
+    most worsened, half the most improved), topped up with the worst queries; sorted by the change,
+    most worsened first (ties: worse rank first, then row)."""
+    change = np.asarray(change, dtype=np.int64)
+    n = min(int(n), change.size)
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    first = np.asarray(first_rank, dtype=np.int64)
+    badness = np.where(first < 0, np.iinfo(np.int64).max, first)
+    rows = np.arange(change.size)
+    worse = [int(i) for i in np.lexsort((rows, -change)) if change[i] > 0][: n // 2]
+    better = [int(i) for i in np.lexsort((rows, change)) if change[i] < 0][: n - len(worse)]
+    chosen = list(dict.fromkeys(worse + better))
+    for i in select_queries(first, ap, change.size):  # top up with the worst, if too few changed
+        if len(chosen) >= n:
+            break
+        if int(i) not in chosen:
+            chosen.append(int(i))
+    out = np.array(chosen, dtype=np.int64)
+    return out[np.lexsort((out, -badness[out], -change[out]))]
+
+
+def breakable(name: str) -> str:
+    """``name`` HTML-escaped, with a line-break opportunity (``<wbr>``) after each ``/``, ``_`` and ``-``:
+    a long path wraps between its parts, never inside a part such as ``3834.jpg``."""
+    out = []
+    for ch in name:
+        out.append(html.escape(ch))
+        if ch in "/_-":
+            out.append("<wbr>")
+    return "".join(out)
 
 
 def _thumb(src: Path, out_dir: Path, size: int) -> str | None:
@@ -190,9 +229,9 @@ def _href(target: Path, out_dir: Path) -> str:
 def _tile(name: str, root: Path | None, out_dir: Path, size: int, cls: str, caption: str) -> str:
     """One bordered box: a linked thumbnail when the image exists, else the name."""
     thumb = _thumb(root / name, out_dir, size) if root is not None else None
-    cap = f'<div class="cap">{caption}</div>'
+    cap = f'<div class="cap" style="width:{size}px">{caption}</div>'
     if thumb is None:
-        return f'<div class="tile {cls}"><div class="noimg" style="width:{size}px">{html.escape(name)}</div>{cap}</div>'
+        return f'<div class="tile {cls}"><div class="noimg" style="width:{size}px">{breakable(name)}</div>{cap}</div>'
     link = _href(root / name, out_dir)  # type: ignore[operator]
     return (
         f'<div class="tile {cls}"><a href="{link}" title="{html.escape(name)}">'
@@ -211,16 +250,23 @@ table.m td, table.m th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: 
 .tile.query {{ border-color: {QUERY_COLOR}; margin-right: 14px; }}
 .tile.ok {{ border-color: {CORRECT_COLOR}; }}
 .tile.bad {{ border-color: {WRONG_COLOR}; }}
-.cap {{ font-size: 11px; max-width: 160px; overflow-wrap: anywhere; }}
-.noimg {{ font-size: 11px; min-height: 40px; overflow-wrap: anywhere; background: #f0f0f0; }}
+.tile.truth {{ border-color: {CORRECT_COLOR}; border-style: dashed; margin-left: 14px; }}
+/* File names break only where breakable() put a <wbr> (after / _ -), never inside "3834.jpg". */
+.cap {{ font-size: 11px; overflow-wrap: normal; word-break: keep-all; }}
+.noimg {{ font-size: 11px; min-height: 40px; overflow-wrap: normal; word-break: keep-all; background: #f0f0f0; }}
+.better {{ color: {CORRECT_COLOR}; font-weight: bold; }}
+.worse {{ color: {WRONG_COLOR}; font-weight: bold; }}
+.sub {{ color: #555; }}
 """
 
 
-def _metrics_table(metrics: dict) -> str:
+def _metrics_table(metrics: dict, baseline: tuple[str, dict] | None = None) -> str:
     keys = [k for k in metrics if k.startswith("R@")] + (["AP"] if "AP" in metrics else [])
     rows = [("this run", metrics)]
     if isinstance(metrics.get("without_rerank"), dict):
         rows = [("re-ranked", metrics), ("without re-ranking", metrics["without_rerank"])]
+    if baseline is not None:
+        rows.append((f"baseline: {baseline[0]}", baseline[1]))
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join(
         f"<tr><th>{html.escape(label)}</th>"
@@ -239,15 +285,27 @@ def write_html_report(
     """Write ``out_dir/report.html`` (and thumbnails under ``out_dir/thumbs``); returns its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     m = data.metrics
-    chosen = select_queries(data.first_rank, data.ap, n_queries, seed)
+    base = data.baseline_first
+    change = None
+    if base is not None:
+        from cvgl.retrieve.baseline import rank_change
+
+        change = rank_change(data.first_rank, base, int(m.get("n_gallery") or len(data.g_names)))
+        chosen = select_changes(change, data.first_rank, data.ap, n_queries)
+    else:
+        chosen = select_queries(data.first_rank, data.ap, n_queries, seed)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(data.title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(data.title)}</h1>",
+    ]
+    if data.subtitle:
+        parts.append(f'<p class="sub">{breakable(data.subtitle)}</p>')
+    parts += [
         f"<p>protocol <b>{html.escape(str(m.get('protocol')))}</b>, {m.get('n_queries')} queries, "
         f"{m.get('n_gallery')} gallery items. Metrics are exact (ranks of every positive over the whole "
         f"gallery); the top-K lists below come from: <b>{html.escape(data.topk_source)}</b>.</p>",
-        _metrics_table(m),
+        _metrics_table(m, (data.baseline_label, data.baseline_metrics or {}) if base is not None else None),
     ]
     if isinstance(m.get("ann"), dict):
         a = m["ann"]
@@ -259,30 +317,74 @@ def write_html_report(
         )
     if data.curve_png:
         parts.append(f'<p><img src="{quote(data.curve_png)}" alt="recall@K curve" width="540"></p>')
-    parts.append(
-        f"<h2>{chosen.size} queries, worst first</h2><p>Blue: the query. Green border: a correct gallery "
-        "item; red: a wrong one. Click a thumbnail for the original image.</p>"
+    legend = (
+        "Blue: the query. Green border: a correct gallery item; red: a wrong one; dashed green, after a "
+        "list without a correct item: the true match. Click a thumbnail for the original image."
     )
+    if change is not None:
+        known = base != -2
+        n_better, n_worse = int(((change < 0) & known).sum()), int(((change > 0) & known).sum())
+        parts.append(
+            f"<h2>Rank of the true match: this run against {html.escape(data.baseline_label)}</h2>"
+            f"<p>Over all {change.size} queries: <span class='better'>{n_better} better</span>, "
+            f"<span class='worse'>{n_worse} worse</span>, {int(known.sum()) - n_better - n_worse} unchanged"
+            + (f", {int((~known).sum())} not in the baseline" if (~known).any() else "")
+            + f". Below, {chosen.size} queries with the largest changes, sorted by the change (most "
+            f"worsened first).</p><p>{legend}</p>"
+        )
+    else:
+        parts.append(f"<h2>{chosen.size} queries, worst first</h2><p>{legend}</p>")
     for i in chosen:
         fr = int(data.first_rank[i])
         apv = float(data.ap[i])
         ap_txt = "" if math.isnan(apv) else f" · AP {100 * apv:.1f}"
-        cap = (
-            f"{html.escape(data.q_names[i])}<br>label {int(data.q_labels[i])} · first match "
-            f"{'none' if fr < 0 else f'rank {fr + 1}'}{ap_txt}"
-        )
+        cap = f"{breakable(data.q_names[i])}<br>label {int(data.q_labels[i])} · rank {_rank(fr)}{ap_txt}"
+        if change is not None and base is not None:
+            b, d = int(base[i]), int(change[i])
+            delta = (
+                "" if b == -2 or d == 0
+                else f" <span class='{'worse' if d > 0 else 'better'}'>{'▼' if d > 0 else '▲'}{abs(d)}</span>"
+            )
+            cap += f"<br>{html.escape(data.baseline_label)}: rank {'?' if b == -2 else _rank(b)}{delta}"
         row = [_tile(data.q_names[i], data.q_root, out_dir, thumb_size, "query", cap)]
         for j, (g, s) in enumerate(zip(data.topk[i], data.topk_scores[i])):
             if g < 0:
                 continue
             cls = "ok" if data.correct[i, j] else "bad"
-            gcap = f"#{j + 1} {html.escape(data.g_names[g])}<br>{data.score_name} {float(s):.3f}"
+            gcap = f"#{j + 1} {breakable(data.g_names[g])}<br>{data.score_name} {float(s):.3f}"
             row.append(_tile(data.g_names[g], data.g_root, out_dir, thumb_size, cls, gcap))
+        if not data.correct[i].any():  # a failed query: its true match beside the wrong list
+            row.append(_truth_tile(data, i, out_dir, thumb_size))
         parts.append(f'<div class="row">{"".join(row)}</div>')
     parts.append("</body></html>\n")
     path = out_dir / "report.html"
     write_text_atomic(path, "\n".join(parts))
     return path
+
+
+def _rank(first: int) -> str:
+    """A 0-based first-match rank as people count (1 = top), or "none"."""
+    return "none" if first < 0 else str(first + 1)
+
+
+def true_matches(data: ReportData, i: int) -> np.ndarray:
+    """Gallery rows that are true matches of query ``i`` (its label; without labels, its own row)."""
+    if data.g_labels is None:
+        return np.array([i], dtype=np.int64) if i < len(data.g_names) else np.zeros(0, np.int64)
+    label = int(data.q_labels[i])
+    return np.flatnonzero((np.asarray(data.g_labels) == label) & (np.asarray(data.g_labels) >= 0))
+
+
+def _truth_tile(data: ReportData, i: int, out_dir: Path, size: int) -> str:
+    """The true match of a query whose top-K holds none, captioned with its rank."""
+    rows = true_matches(data, i)
+    fr = int(data.first_rank[i])
+    if rows.size == 0:
+        return f'<div class="tile truth"><div class="noimg" style="width:{size}px">no true match in the gallery</div></div>'
+    g = int(rows[0])
+    more = f" (1 of {rows.size})" if rows.size > 1 else ""
+    cap = f"true match{more}: {breakable(data.g_names[g])}<br>first true match at rank {_rank(fr)}"
+    return _tile(data.g_names[g], data.g_root, out_dir, size, "truth", cap)
 
 
 def correct_matrix(

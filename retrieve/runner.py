@@ -28,6 +28,7 @@ from cvgl.core.devices import resolve_device
 from cvgl.core.errors import UserError
 from cvgl.core.run_folder import RunFolder
 from cvgl.datasets.naming import default_retrieval_pair
+from cvgl.retrieve.baseline import Baseline
 from cvgl.retrieve.indexes import l2_normalize_rows
 from cvgl.retrieve.metrics import QueryResults
 
@@ -149,6 +150,11 @@ def run_retrieval(
             )
         answer_order = answer_rows(rc.answer_order, q_names)
 
+    folder_base = None
+    if rc.baseline not in ("raw", "none"):  # read before the expensive pass: a wrong folder fails fast
+        from cvgl.retrieve.baseline import folder_baseline
+
+        folder_base = folder_baseline(rc.baseline, q_names)
     semi, positions = None, None
     if protocol == "vigor" or rc.geo:  # read before the expensive pass: a missing one fails fast
         from cvgl.retrieve import geo
@@ -177,6 +183,21 @@ def run_retrieval(
         "metrics_source": METRICS_SOURCE,
         "topk_source": "exact (the metrics pass)",
     }
+    baseline = folder_base
+    if rc.baseline == "raw" and not rc.multi_query:
+        from cvgl.retrieve.baseline import raw_baseline
+
+        baseline = raw_baseline(
+            store,
+            qe,
+            ge,
+            q_names,
+            lambda q, lab, ch: evaluate_streaming(
+                q, lab, ch, protocol, ks=ks, topk=1, device=device, semi_positives=semi
+            ),
+        )
+    if baseline is not None:
+        metrics["baseline"] = baseline.summary()
     lists = (results.topk, results.topk_scores)
     if rc.index != "flat":
         ann, lists = _ann_lists(cfg, store, run, ge, g_labels, q_desc, results, topk, device, progress)
@@ -228,6 +249,7 @@ def run_retrieval(
             lists,
             curves,
             n_rankable,
+            baseline,
         )
     write_json_atomic(out_dir / "metrics.json", metrics)
     if out_dir == run.path:
@@ -377,6 +399,7 @@ def _write_reports(
     lists: tuple[np.ndarray, np.ndarray],
     curves: list[tuple[str, np.ndarray]],
     n_rankable: int,
+    baseline: Baseline | None,
 ) -> dict[str, str]:
     from cvgl.retrieve.reports import (
         ReportData,
@@ -387,8 +410,12 @@ def _write_reports(
     )
 
     rc = cfg.retrieve
-    title = f"{metrics['query']} → {metrics['gallery']} ({metrics['protocol']})"
-    png_title = title.replace("→", "->")  # Pillow's default font has no arrow
+    title = report_title(qe, out_dir)
+    compared = f"{metrics['query']} → {metrics['gallery']} ({metrics['protocol']})"
+    png_title = title.replace("→", "->").replace("·", "-")  # Pillow's default font has neither
+    if baseline is not None and baseline.source == "raw":
+        # The recall curve of the raw descriptors beside this run's (same gallery, same protocol).
+        curves = [*curves, (baseline.label, baseline.first_rank)]
     write_recall_png(out_dir / "recall_curve.png", curves_for(curves, n_rankable), png_title)
     reranked = "rerank" in metrics
     data = ReportData(
@@ -406,9 +433,31 @@ def _write_reports(
         g_root=image_root(store, ge.manifest),
         topk_source=metrics["topk_source"],
         score_name="re-ranked distance" if reranked else "score",
+        subtitle=compared,
+        g_labels=None if rc.protocol == "cvft" else g_labels,
+        baseline_first=None if baseline is None else baseline.first_rank,
+        baseline_label="" if baseline is None else baseline.label,
+        baseline_metrics=None if baseline is None else baseline.metrics,
     )
     write_html_report(out_dir, data, n_queries=rc.report_queries, thumb_size=rc.thumb_size, seed=cfg.seed)
     return {"html": "report.html", "recall_curve": "recall_curve.png"}
+
+
+def report_title(qe: Entry, out_dir: Path) -> str:
+    """The report's title: the method that made the query descriptors, and the run folder.
+
+    The method is the aligned entry's ``align.method`` (``raw descriptors`` for extracted or imported
+    entries, with the layer when the view names one); the run is the folder's name, with the sweep
+    folder in front for a sweep point (``points/<n>``)."""
+    method = qe.manifest.extra.get("method")
+    if not method:
+        layer = qe.label.rpartition("@")[2] if "@" in qe.label else ""
+        method = f"raw descriptors (layer {layer})" if layer else "raw descriptors"
+    folder = Path(out_dir).absolute()
+    run = folder.name
+    if folder.parent.name == "points":
+        run = f"{folder.parent.parent.name}/points/{folder.name}"
+    return f"{method} · run {run}"
 
 
 def _write_per_query(
