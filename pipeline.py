@@ -18,6 +18,7 @@ from cvgl.core.cli import run_cli
 from cvgl.core.console import Progress, Reporter, cache_table, metrics_table, stderr_console, stdout_console
 from cvgl.core.console import say as _say
 from cvgl.core.errors import UserError
+from cvgl.configs.schema import PROTOCOLS  # the protocols a config accepts (= retrieve.metrics.ALL_PROTOCOLS)
 from cvgl.orchestration.chain import (
     StageResult,
     align,
@@ -193,16 +194,21 @@ def cmd_align(args: list[str] | None = CONFIG_ARGS) -> None:
     _report_entries(_cli_stage(align, _load(args)).aligned)
 
 
-def _print_metrics(rows: list[tuple[str, dict]]) -> None:
+def _print_metrics(m: dict) -> None:
+    """The run's row, after its baseline's (retrieve.baseline; raw descriptors by default) when it has one."""
+    rows = [(f"{m['query']} → {m['gallery']}", m)]
+    if isinstance(b := m.get("baseline"), dict):
+        base = {"protocol": m["protocol"], "n_gallery": m.get("n_gallery"), **b}
+        rows.insert(0, (f"{b.get('query', b['source'])} → {b.get('gallery', '')} ({b['label']})", base))
     out.print(metrics_table(rows))
 
 
-@app.command("retrieve")
+@app.command("retrieve", help="Exact retrieval metrics: query=ALIAS gallery=ALIAS "
+             f"protocol={'|'.join(PROTOCOLS)} out=DIR.")
 def cmd_retrieve(args: list[str] | None = CONFIG_ARGS) -> None:
-    """Exact retrieval metrics: query=ALIAS gallery=ALIAS protocol=u1652|geoalign|cvft out=DIR."""
     m = _cli_stage(retrieve, _load(args)).metrics
     assert m is not None
-    _print_metrics([(f"{m['query']} → {m['gallery']}", m)])
+    _print_metrics(m)
 
 
 @app.command("run")
@@ -218,7 +224,7 @@ def cmd_run(
     _report_entries(result.aligned)
     m = result.metrics
     assert m is not None
-    _print_metrics([(f"{m['query']} → {m['gallery']}", m)])
+    _print_metrics(m)
 
 
 @app.command("sweep", context_settings={"allow_extra_args": True})

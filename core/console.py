@@ -286,8 +286,19 @@ def say(console: Console, message: str, *, quiet: bool) -> None:
         console.print(message)
 
 
+def metric_cell(key: str, value: Any, n_gallery: Any = None) -> str:
+    """A metric as a table shows it: two decimals, "–" where absent, and "–" for R@1% on a gallery of
+    fewer than 100 items (⌊G/100⌋ = 0: one percent of it is not one item; metrics.json keeps the
+    protocol's number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "–"
+    if key == "R@1%" and isinstance(n_gallery, (int, float)) and int(n_gallery) // 100 == 0:
+        return "–"
+    return f"{value:.2f}"
+
+
 def metrics_table(rows: Iterable[tuple[str, Mapping[str, Any]]], title: str = "retrieval") -> Table:
-    """One row per (label, metrics) pair: protocol, R@1, R@5, R@10, R@1%, AP ("–" where absent); with
+    """One row per (label, metrics) pair: protocol, R@1, R@5, R@10, R@1%, AP (see :func:`metric_cell`); with
     metres (protocol=map) also the median error per frame and, when smoothed, per flight."""
     rows = list(rows)
     columns = list(METRIC_COLUMNS)
@@ -299,7 +310,7 @@ def metrics_table(rows: Iterable[tuple[str, Mapping[str, Any]]], title: str = "r
     for k in columns + [name for name, _ in extra]:
         table.add_column(k, justify="right")
     for label, m in rows:
-        cells = [f"{m[k]:.2f}" if k in m else "–" for k in columns]
+        cells = [metric_cell(k, m.get(k), m.get("n_gallery")) for k in columns]
         cells += [f"{m[key]:.1f}" if key in m else "–" for _, key in extra]
         table.add_row(label, str(m["protocol"]), *cells)
     return table
@@ -342,6 +353,7 @@ __all__ = [
     "cache_table",
     "format_info",
     "human_bytes",
+    "metric_cell",
     "metrics_table",
     "say",
     "stderr_console",

@@ -18,7 +18,7 @@ from typing import Any
 from cvgl.align.registry import check_config
 from cvgl.align.stage import run_alignment
 from cvgl.configs.schema import load_config as _load_config
-from cvgl.core.console import metrics_table
+from cvgl.core.console import metric_cell, metrics_table
 from cvgl.core.errors import UserError
 from cvgl.datasets.naming import aligned_alias
 from cvgl.datasets.synthetic_cvusa import make_synthetic_cvusa
@@ -114,7 +114,11 @@ def demo_geoalign(args: list[str], with_world: bool, ui: DemoUI) -> None:
     for c in ("method", "R@1", "R@5", "R@10", "R@1%", "AP", "align s", "status"):
         table.add_column(c, justify="left" if c in ("method", "status") else "right")
     for row in result.rows:
-        cells = [f"{row[k]:.2f}" if isinstance(row[k], float) else "–" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")]
+        try:
+            n_gallery = json.loads((spec.out / row["run"] / "metrics.json").read_text()).get("n_gallery")
+        except (OSError, ValueError):
+            n_gallery = None
+        cells = [metric_cell(k, row[k], n_gallery) for k in ("R@1", "R@5", "R@10", "R@1%", "AP")]
         t = row["align_s"]
         table.add_row(labels[row["align.method"]], *cells, f"{t:.1f}" if isinstance(t, float) else "–", row["status"])
     out.print(table)
@@ -124,7 +128,7 @@ def demo_geoalign(args: list[str], with_world: bool, ui: DemoUI) -> None:
     for w in world_rows:
         name = labels[w.method].split(" (")[0]
         wtable.add_row(
-            name, *(f"{w.metrics[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
+            name, *(metric_cell(k, w.metrics.get(k), w.metrics.get("n_gallery")) for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
             "–" if w.method == "identity" else "reused" if w.reused else f"{w.train_s:.1f}",
         )
     if world_rows:

@@ -38,6 +38,7 @@ from cvgl.core.bounded_yaml import load_yaml
 from cvgl.core.errors import UserError
 from cvgl.core.threads import available_cores
 from cvgl.orchestration.sweep_spec import Point, Sweep, display
+from cvgl.orchestration.worker_memory import keep_worker_on_memory_growth
 
 METRICS = ("R@1", "R@5", "R@10", "R@1%", "AP")
 TABLE_FILES = ("sweep.csv", "sweep.md", "sweep_seeds.csv", "sweep.png")
@@ -152,6 +153,7 @@ def run_point(task: PointTask) -> dict[str, Any]:
     from cvgl.extract.runner import run_extraction
     from cvgl.retrieve.runner import run_retrieval
 
+    keep_worker_on_memory_growth()  # a trained point's heap high-water mark is no leak (worker_memory.py)
     torch.set_num_threads(task.threads or _worker_threads(task.host_threads))
     cfg = task.config
     folder = Path(str(cfg.out))
@@ -296,7 +298,8 @@ def run_sweep(
             try:
                 entries = run_extraction(members[0].config, store, progress=progress)
                 fresh = sum(not e.reused for e in entries)
-                say(f"extraction {n + 1}/{len(groups)}: {len(entries)} entries ({fresh} computed)")
+                state = f"{fresh} computed, {len(entries) - fresh} from the cache" if fresh else "all from the cache"
+                say(f"extraction {n + 1}/{len(groups)}: {len(entries)} entries ({state})")
                 runnable += members
             except Exception as e:  # every point of this extraction fails with its error
                 for p in members:

@@ -3,7 +3,8 @@
 Each argument is a run folder (its ``metrics.json`` and those one level down, like the demo's ``raw/``
 and ``isms/``) or a ``metrics.json`` file. A run whose ``run.json`` says it is not complete (failed,
 still running) has no result and is skipped. Every other metrics.json becomes one row: where it came from, the
-protocol, direction, entries, sizes, R@K / R@1% / AP, how the top-K lists were served (index, recall
+protocol, direction, entries, sizes, a sweep point's axis values (from its run.json), R@K / R@1% / AP
+(on screen "–" for R@1% on a gallery under 100 items; the CSV keeps the number), how the top-K lists were served (index, recall
 against exact) and re-ranking (with the metrics without it). :func:`compare_runs` returns the rows, a
 Markdown table (best value of each metric in bold) and CSV text; :func:`write_comparison` writes
 ``comparison.md`` and ``comparison.csv``.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cvgl.core.atomic import write_text_atomic
+from cvgl.core.console import metric_cell
 from cvgl.core.errors import UserError
 
 MD_FILE = "comparison.md"
@@ -76,6 +78,7 @@ def compare_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], str, str]:
         raise UserError("give at least one run folder to compare, e.g. `pipeline compare runs/a runs/b`")
     rows: list[dict[str, Any]] = []
     metric_keys: set[str] = set()
+    axis_keys: list[str] = []  # a sweep point's axes (run.json's sweep_point), in the sweep's order
     skipped: dict[str, str] = {}
     for arg in paths:
         arg = Path(arg)
@@ -99,6 +102,9 @@ def compare_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], str, str]:
                 "status": status,
                 **{k: m.get(k, "") for k in _INFO[3:]},
             }
+            point = _sweep_point(f.parent) or _sweep_point(f.parent.parent)
+            row.update(point)
+            axis_keys.extend(k for k in point if k not in axis_keys)
             for k, v in m.items():
                 if (k.startswith("R@") or k == "AP") and isinstance(v, (int, float)):
                     row[k] = float(v)
@@ -122,25 +128,39 @@ def compare_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], str, str]:
         )
     metrics = sorted((k for k in metric_keys if k != "AP"), key=lambda k: (_k_of(k), k))
     metrics += ["AP"] if "AP" in metric_keys else []
-    columns = _INFO + metrics + _TAIL
+    columns = _INFO[:2] + axis_keys + _INFO[2:] + metrics + _TAIL
     for row in rows:
         for c in columns:
             row.setdefault(c, "")
-    markdown = _markdown(rows, columns, metrics)
+    markdown = _markdown(rows, columns, metrics, axis_keys)
     if skipped:
         markdown += "\nSkipped (not complete): " + ", ".join(f"{r} ({st})" for r, st in skipped.items()) + "\n"
     return rows, markdown, _csv(rows, columns)
 
 
-def _fmt(column: str, v: Any) -> str:
+def _sweep_point(run_dir: Path) -> dict[str, str]:
+    """The axis values of a sweep point's run (``sweep_point`` in its run.json); {} for other runs."""
+    try:
+        point = json.loads((run_dir / "run.json").read_text()).get("sweep_point")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in point.items()} if isinstance(point, dict) else {}
+
+
+def _fmt(column: str, v: Any, row: dict[str, Any] | None = None) -> str:
+    if column.startswith("R@") or column == "AP":
+        return metric_cell(column, v, (row or {}).get("n_gallery")) if isinstance(v, float) else str(v)
     if isinstance(v, float):
         return f"{v:.4f}" if column == "ann_recall" else f"{v:.2f}"
     return str(v)
 
 
-def _markdown(rows: list[dict[str, Any]], columns: list[str], metrics: list[str]) -> str:
+def _markdown(rows: list[dict[str, Any]], columns: list[str], metrics: list[str], axis_keys: list[str]) -> str:
     best = {k: max((r[k] for r in rows if isinstance(r[k], float)), default=None) for k in metrics}
-    shown = [c for c in columns if c not in ("query", "gallery") and any(r[c] != "" for r in rows)]
+    hidden = {"query", "gallery"}
+    if axis_keys and all(r["part"] == "." or any(r[a] != "" for a in axis_keys) for r in rows):
+        hidden.add("part")  # a sweep's points are named by their axis values, not points/<n>
+    shown = [c for c in columns if c not in hidden and any(r[c] != "" for r in rows)]
     lines = [
         "| " + " | ".join(shown) + " |",
         "|" + "|".join("---:" if c in metrics else "---" for c in shown) + "|",
@@ -148,8 +168,8 @@ def _markdown(rows: list[dict[str, Any]], columns: list[str], metrics: list[str]
     for r in rows:
         cells = []
         for c in shown:
-            text = _fmt(c, r[c]).replace("|", "\\|")
-            if c in metrics and isinstance(r[c], float) and len(rows) > 1 and r[c] == best[c]:
+            text = _fmt(c, r[c], r).replace("|", "\\|")
+            if c in metrics and text != "–" and isinstance(r[c], float) and len(rows) > 1 and r[c] == best[c]:
                 text = f"**{text}**"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
