@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import numpy as np
 from cvgl.core.atomic import atomic_path, write_text_atomic
+from cvgl.core.console import metric_cell
 from PIL import Image, ImageDraw, ImageFont
 
 CORRECT_COLOR = "#00b400"
@@ -267,12 +268,11 @@ def _metrics_table(metrics: dict, baseline: tuple[str, dict] | None = None) -> s
         rows = [("re-ranked", metrics), ("without re-ranking", metrics["without_rerank"])]
     if baseline is not None:
         rows.append((f"baseline: {baseline[0]}", baseline[1]))
+    n_gallery = metrics.get("n_gallery")  # R@1% is "–" under 100 gallery items, as on the command line
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join(
         f"<tr><th>{html.escape(label)}</th>"
-        + "".join(
-            f"<td>{m[k]:.2f}</td>" if isinstance(m.get(k), (int, float)) else "<td>–</td>" for k in keys
-        )
+        + "".join(f"<td>{metric_cell(k, m.get(k), n_gallery)}</td>" for k in keys)
         + "</tr>"
         for label, m in rows
     )

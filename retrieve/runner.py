@@ -415,7 +415,8 @@ def _write_reports(
     png_title = title.replace("→", "->").replace("·", "-")  # Pillow's default font has neither
     if baseline is not None and baseline.source == "raw":
         # The recall curve of the raw descriptors beside this run's (same gallery, same protocol).
-        curves = [*curves, (baseline.label, baseline.first_rank)]
+        curves = [("this run" if c[0] == "exact" else c[0], c[1]) for c in curves]
+        curves.append((baseline.label, baseline.first_rank))
     write_recall_png(out_dir / "recall_curve.png", curves_for(curves, n_rankable), png_title)
     reranked = "rerank" in metrics
     data = ReportData(
