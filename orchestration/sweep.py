@@ -35,6 +35,7 @@ import yaml
 from cvgl.configs.schema import Config, to_dict
 from cvgl.core.atomic import atomic_path, write_text_atomic
 from cvgl.core.bounded_yaml import load_yaml
+from cvgl.core.console import metric_cell
 from cvgl.core.errors import UserError
 from cvgl.core.threads import available_cores
 from cvgl.orchestration.sweep_spec import Point, Sweep, display
@@ -352,6 +353,7 @@ def point_row(sweep: Sweep, point: Point) -> dict[str, Any]:
     for m in METRICS:
         v = metrics.get(m)
         row[m] = float(v) if isinstance(v, (int, float)) else ""
+    row["n_gallery"] = metrics.get("n_gallery")  # for the screen's R@1% (not a CSV column)
     for t in ("align_s", "retrieve_s"):
         v = timings.get(t)
         row[t] = round(float(v), 3) if isinstance(v, (int, float)) and status == "complete" else ""
@@ -409,7 +411,9 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-def _cell(column: str, v: Any) -> str:
+def _cell(column: str, v: Any, n_gallery: Any = None) -> str:
+    if column in METRICS and isinstance(v, float):
+        return metric_cell(column, v, n_gallery)  # R@1% is "–" under 100 gallery items
     if isinstance(v, float):
         return f"{v:.2f}"
     if column.endswith("_key") and isinstance(v, str):
@@ -421,7 +425,8 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], summary: list[dict[str, A
     """The sweep table (and the seed summary) as Markdown."""
     cols = [c for c in _columns(sweep) if c != "error" or any(r["error"] for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if c in METRICS else "---" for c in cols) + "|"]
-    lines += ["| " + " | ".join(_cell(c, r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(c, r[c], r.get("n_gallery")) for c in cols) + " |" for r in rows]
+    n_gallery = next((r.get("n_gallery") for r in rows if r.get("n_gallery")), None)
     if summary:
         others = [k for k in sweep.axis_keys if k != "seed"]
         head = [*others, "n_seeds", *METRICS]
@@ -430,7 +435,9 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], summary: list[dict[str, A
         for s in summary:
             cells = [str(s[k]) for k in others] + [str(s["n_seeds"])]
             cells += [
-                f"{s[f'{m}_mean']:.2f} ± {s[f'{m}_std']:.2f}" if isinstance(s[f"{m}_mean"], float) else "–"
+                f"{s[f'{m}_mean']:.2f} ± {s[f'{m}_std']:.2f}"
+                if metric_cell(m, s[f"{m}_mean"], n_gallery) != "–"
+                else "–"
                 for m in METRICS
             ]
             lines.append("| " + " | ".join(cells) + " |")
