@@ -11,7 +11,8 @@
    ``DIR/points/<n>/`` (config.yaml, run.json, metrics.json, reports); its alignment and retrieval
    reuse the cache like any run.
 4. ``DIR/sweep.csv`` and ``DIR/sweep.md`` (one row per point), with ``seed`` as an axis also
-   ``DIR/sweep_seeds.csv`` (mean ± std over seeds), and ``DIR/sweep.png`` (metrics against each axis).
+   ``DIR/sweep_seeds.csv`` (mean ± std over seeds), and ``DIR/sweep.png`` (:mod:`sweep_plot`: a panel
+   per metric, seed as error bars).
    They are removed when a sweep starts and written when it ends, so a table on disk is always a
    finished sweep's.
 """
@@ -33,7 +34,7 @@ from typing import Any
 
 import yaml
 from cvgl.configs.schema import Config, to_dict
-from cvgl.core.atomic import atomic_path, write_text_atomic
+from cvgl.core.atomic import write_text_atomic
 from cvgl.core.bounded_yaml import load_yaml
 from cvgl.core.console import metric_cell
 from cvgl.core.errors import UserError

@@ -2,9 +2,13 @@
 
 * ``recall_curve.png``: R@K for K = 1 … min(100, rankable gallery items) from the exact first-match ranks,
   one curve per variant (e.g. with and without re-ranking); drawn with Pillow alone.
-* ``report.html``: the metrics, the curve, then a sample of queries (half the worst, half drawn at random
-  from the rest, listed worst first), each beside its top-K gallery items: a green border marks a correct
-  item (the query's label; under cvft, its paired row), a red border a wrong one. Thumbnails are written
+* ``report.html``: titled with the method and the run; the metrics (and the baseline's, see
+  :mod:`cvgl.retrieve.baseline`), the curve, then a sample of queries, each beside its top-K gallery
+  items: a green border marks a correct item (the query's label; under cvft, its paired row), a red
+  border a wrong one, and a query without a correct item also shows its true match (dashed green).
+  Without a baseline the sample is half the worst queries and half drawn at random from the rest,
+  listed worst first; with one, the queries whose rank of the true match changed most, both ranks in
+  the caption, sorted by the change. File names break only after ``/``, ``_`` and ``-``. Thumbnails are written
   to ``thumbs/`` next to the page with Pillow, and every thumbnail links back to the original image by a
   relative path. Entries without images on disk (imported arrays, a moved dataset) show their names in
   the same bordered boxes instead.

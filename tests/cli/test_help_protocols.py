@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cvgl.retrieve.metrics import ALL_PROTOCOLS
+
 from tests.helpers import cli
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from cvgl.cache.store import CacheStore
 from cvgl.configs.schema import load_config
+
 from tests.helpers import TINY, cli
 
 SMALL_DATA = [
