@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from cvgl.configs.schema import PROTOCOLS  # what a config accepts (retrieve.metrics: ALL_ + POSITION_PROTOCOLS)
+from cvgl.configs.schema import PROTOCOLS  # the accepted protocols; a test ties them to retrieve.metrics
 from cvgl.core.cli import run_cli
 from cvgl.core.console import Progress, Reporter, cache_table, metrics_table, stderr_console, stdout_console
 from cvgl.core.console import say as _say
