@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +23,8 @@ from cvgl.align.losses import (
     pseudo_label_accuracy,
     stream1_loss,
 )
-from cvgl.align.train_stream1 import (
-    DrawDrones,
-    OnEpoch,
-    SaveState,
-    build_and_fit,
-    check_inputs,
-    uniform_drones,
-)
+from cvgl.align.train_stream1 import DrawDrones, build_and_fit, check_inputs, uniform_drones
+from cvgl.align.training import TrainerOptions
 from cvgl.core.errors import UserError
 from torch import nn
 
@@ -160,16 +153,9 @@ def train_emcvgl(
     dro: torch.Tensor,
     cfg: EMCVGLConfig | None = None,
     *,
-    seed: int = 0,
-    device: str = "cpu",
     sat_labels: torch.Tensor | None = None,
     dro_labels: torch.Tensor | None = None,
-    on_epoch: OnEpoch | None = None,
-    state: dict[str, Any] | None = None,
-    checkpoint_every: int = 1,
-    save_state: SaveState | None = None,
-    save_interval_s: float = 0.0,
-    dtype: str = "float32",
+    opts: TrainerOptions | None = None,
 ) -> tuple[EMCVGLAdapter, list[dict[str, float]]]:
     """Train the EM-CVGL baseline (unsupervised; labels only for the logged pseudo-label accuracy)."""
     cfg = cfg or EMCVGLConfig(
@@ -184,16 +170,9 @@ def train_emcvgl(
         draw_drones=uniform_drones(dro.shape[0], cfg.dro_num),
         sat=sat,
         dro=dro,
-        seed=seed,
-        device=device,
         sat_labels=sat_labels,
         dro_labels=dro_labels,
-        on_epoch=on_epoch,
-        state=state,
-        checkpoint_every=checkpoint_every,
-        save_state=save_state,
-        save_interval_s=save_interval_s,
-        dtype=dtype,
+        opts=opts,
     )
 
 
@@ -225,14 +204,7 @@ def train_supervised(
     *,
     sat_labels: torch.Tensor,
     dro_labels: torch.Tensor,
-    seed: int = 0,
-    device: str = "cpu",
-    on_epoch: OnEpoch | None = None,
-    state: dict[str, Any] | None = None,
-    checkpoint_every: int = 1,
-    save_state: SaveState | None = None,
-    save_interval_s: float = 0.0,
-    dtype: str = "float32",
+    opts: TrainerOptions | None = None,
 ) -> tuple[GeoAlignStream1, list[dict[str, float]]]:
     """Supervised bound: the stream-1 adapter and objective with true-pair targets.
 
@@ -283,15 +255,8 @@ def train_supervised(
         draw_drones=paired_drones(sat_labels, dro_labels, cfg.dro_num),
         sat=sat,
         dro=dro,
-        seed=seed,
-        device=device,
         sat_labels=sat_labels,
         dro_labels=dro_labels,
-        on_epoch=on_epoch,
-        state=state,
-        checkpoint_every=checkpoint_every,
-        save_state=save_state,
-        save_interval_s=save_interval_s,
-        dtype=dtype,
+        opts=opts,
     )
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from cvgl.core.atomic import atomic_path, write_bytes_atomic
 from cvgl.core.diskspace import disk_full_is_user_error
-from cvgl.core.errors import UserError
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 #: Written last in ``<cache>/models/<run digest>/``: the trained model's files (checkpoints, history).
 MODEL_INDEX = "model-files.json"
@@ -84,18 +83,3 @@ def link_into(model_dir: Path, files: list[str], dest: Path) -> list[Path]:
                 shutil.copyfile(src, tmp)
         out.append(dst)
     return out
-
-
-def load_checkpoint(weights: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
-    meta = weights.with_suffix(".json")
-    if not weights.exists() or not meta.exists():
-        raise UserError(
-            f"checkpoint {weights} (and its .json config) not found; point at a .safetensors written by `pipeline align`"
-        )
-    try:
-        return load_file(str(weights)), json.loads(meta.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(
-            f"checkpoint {weights} cannot be read ({e}); it is corrupt or not a safetensors file"
-        ) from None

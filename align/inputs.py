@@ -1,7 +1,7 @@
 """What an alignment method reads, found and checked once for every method (the input kinds).
 
-``descriptors``: pooled descriptors of the chosen layers, read whole as tensors, per view
-(:class:`ViewData`). ``conv_maps``: VGG conv maps ``[C, h, w]`` per row, one ground and one aerial
+``layer``, ``layers``, ``layer+layers``: pooled descriptors of one layer, of several, or of both, read
+whole as tensors, per view (:class:`ViewData`). ``conv_maps``: VGG conv maps ``[C, h, w]`` per row, one ground and one aerial
 entry whose row i is pair i, read by random access (:class:`EntryRows`), never whole.
 Both give :class:`Inputs`: the views to align, the training views by role, and the parts of the run
 digest that name them.
@@ -70,10 +70,11 @@ class MapView:
 
 @dataclass
 class Layers:
-    """The layers a descriptor method reads: stream 1's (one) and ISMS's (one or more)."""
+    """The layers of the descriptor inputs: the one layer (``align.stream1_layer``, default the last)
+    and the stacked layers (``align.layers``, default all)."""
 
-    stream1: Any
-    isms: list
+    single: Any
+    stack: list
 
 
 @dataclass
@@ -143,15 +144,15 @@ def _aliases(cfg: Config, layers: list, explicit: list[str], view: str, what: st
 
 
 def method_layers(cfg: Config, layers: list) -> Layers:
-    """Stream 1's layer (``align.stream1_layer``, else the last) and ISMS's (``align.isms.layers``, else all)."""
-    s1 = cfg.align.stream1_layer if cfg.align.stream1_layer is not None else layers[-1]
-    if s1 not in layers:
-        raise UserError(f"align.stream1_layer={s1} is not among the layers {layers}")
-    isms_layers = list(cfg.align.isms.layers or layers)
-    bad = [L for L in isms_layers if L not in layers]
+    """The one layer (``align.stream1_layer``, else the last) and the stack (``align.layers``, else all)."""
+    single = cfg.align.stream1_layer if cfg.align.stream1_layer is not None else layers[-1]
+    if single not in layers:
+        raise UserError(f"align.stream1_layer={single} is not among the layers {layers}")
+    stack = list(cfg.align.layers or layers)
+    bad = [L for L in stack if L not in layers]
     if bad:
-        raise UserError(f"align.isms.layers {bad} are not among the layers {layers}")
-    return Layers(s1, isms_layers)
+        raise UserError(f"align.layers {bad} are not among the layers {layers}")
+    return Layers(single, stack)
 
 
 def _load_view(store: CacheStore, view: str, aliases: dict, layers: set) -> ViewData:
@@ -181,14 +182,13 @@ def _check_descriptors(views: list[ViewData]) -> None:
         )
 
 
-def load_descriptors(cfg: Config, store: CacheStore, layer_set: str) -> Inputs:
-    """The query and gallery views' descriptors (and the training views', if given) as tensors."""
+def load_descriptors(cfg: Config, store: CacheStore, kind: str) -> Inputs:
+    """The query and gallery views' descriptors (and the training views', if given) as tensors, of
+    the layers ``kind`` names: ``layer``, ``layers`` or ``layer+layers``."""
     qv, gv = query_gallery_views(cfg)
     all_layers = layer_names(cfg)
     layers = method_layers(cfg, all_layers)
-    needed = {"isms": set(layers.isms), "stream1": {layers.stream1}}.get(
-        layer_set, {layers.stream1, *layers.isms}
-    )
+    needed = {"layers": set(layers.stack), "layer": {layers.single}}.get(kind, {layers.single, *layers.stack})
     eval_views = {
         qv: _load_view(store, qv, _aliases(cfg, all_layers, cfg.align.query, qv, "query"), needed),
         gv: _load_view(store, gv, _aliases(cfg, all_layers, cfg.align.gallery, gv, "gallery"), needed),
@@ -215,7 +215,7 @@ def load_descriptors(cfg: Config, store: CacheStore, layer_set: str) -> Inputs:
             "train": {r: vd.keys for r, vd in sorted(train.items())},
             "eval": {v: vd.keys for v, vd in eval_views.items()},
         },
-        sizes={"in_dim": train["sat"].tensors[layers.stream1].shape[1]},
+        sizes={"in_dim": train["sat"].tensors[layers.single if layers.single in needed else layers.stack[0]].shape[1]},
         layers=layers,
         transductive=not cfg.align.train_drone,
         parents={
@@ -257,7 +257,7 @@ def _pair(store: CacheStore, ground: str, aerial: str, what: str) -> tuple[Entry
     return g, a
 
 
-def load_conv_maps(cfg: Config, store: CacheStore, layer_set: str = "stream1") -> Inputs:
+def load_conv_maps(cfg: Config, store: CacheStore) -> Inputs:
     """The ground and aerial conv-map entries to align (and to train on), checked as pairs."""
     qv, gv = query_gallery_views(cfg)
     q_role, g_role = pair_roles(qv, gv)
@@ -290,5 +290,6 @@ def load_conv_maps(cfg: Config, store: CacheStore, layer_set: str = "stream1") -
     )
 
 
-#: Input kind → loader ``(cfg, store, layer_set) -> Inputs``.
-LOADERS = {"descriptors": load_descriptors, "conv_maps": load_conv_maps}
+def load_inputs(cfg: Config, store: CacheStore, kind: str) -> Inputs:
+    """The inputs of a method that reads ``kind`` (:data:`align.registry.INPUT_KINDS`, ``none`` aside)."""
+    return load_conv_maps(cfg, store) if kind == "conv_maps" else load_descriptors(cfg, store, kind)

@@ -19,16 +19,25 @@ penalty open; this squared off-diagonal Frobenius norm is our choice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from cvgl.configs.schema import ISMSSection
+from cvgl.align.training import TrainerOptions
 from torch import nn
 
-# One type for ISMS's hyperparameters: the config section ``align.isms`` is what the trainer reads.
-ISMSConfig = ISMSSection
+
+@dataclass
+class ISMSConfig:
+    """ISMS's hyperparameters, ``align.params.isms`` wherever ISMS is trained (``isms``, ``fusion``):
+    GeoAlign's stream-2 width and the trainer's settings."""
+
+    out_dim: int = 1280
+    epochs: int = 50
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    w_decor: float = 1.0
 
 
 class ISMS(nn.Module):
@@ -84,23 +93,20 @@ def train_isms(
     x: torch.Tensor,
     cfg: ISMSConfig,
     *,
-    seed: int = 0,
-    device: str = "cpu",
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    state: dict | None = None,
-    save_state: Callable[[int, dict], None] | None = None,
-    save_interval_s: float = 0.0,
-    dtype: str = "float32",
+    opts: TrainerOptions | None = None,
 ) -> ISMS:
     """Train ISMS on ``x`` [n, in_dim] (both views stacked); deterministic for a given seed on CPU.
 
-    ``save_state(epoch, state)`` receives a resumable state after every epoch (plain tensors: it
-    loads with ``weights_only=True``); passing it back as ``state`` continues from there and ends
-    identical to an uninterrupted run. With ``save_interval_s`` > 0 a state of 32 MB or more is
-    saved at most that often, and after the last epoch
-    (:class:`align.train_stream1.SaveSchedule`). ``dtype="bfloat16"``: bf16 autocast.
+    ``opts`` (:class:`align.training.TrainerOptions`): seed, device, dtype (``bfloat16``: bf16
+    autocast), progress and resuming; a saved state holds plain tensors (it loads with
+    ``weights_only=True``) and is saved after every epoch, a state of 32 MB or more at most every
+    ``save_interval_s`` (:class:`align.train_stream1.SaveSchedule`).
     """
     from cvgl.align.train_stream1 import SaveSchedule, autocast
+
+    o = opts or TrainerOptions()
+    seed, device, on_epoch, state, save_state = o.seed, o.device, o.on_epoch, o.state, o.save_state
+    save_interval_s, dtype = o.save_interval_s, o.dtype
 
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -155,6 +161,4 @@ def train_isms(
 
 def isms_config_dict(model: ISMS, cfg: ISMSConfig) -> dict:
     """JSON-able description saved next to the safetensors weights."""
-    # The layers are recorded beside it by the stage; the training part stays as it always was.
-    train = {k: v for k, v in asdict(cfg).items() if k != "layers"}
-    return {"method": "isms", "in_dim": model.in_dim, "out_dim": model.out_dim, "train": train}
+    return {"method": "isms", "in_dim": model.in_dim, "out_dim": model.out_dim, "train": asdict(cfg)}

@@ -1,4 +1,5 @@
-"""The alignment methods, by name: each registers one :class:`Method` (its parameters, inputs, train, encode).
+"""The alignment methods, by name: each registers one :class:`Method` (its inputs, parameters, train,
+encode and, when not the default, its part of the keys).
 
 A method is a file in ``align/methods/`` that calls :func:`register` once; the stage
 (:mod:`align.stage`) does everything else for every method alike: finds and checks the inputs, derives
@@ -10,18 +11,28 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cvgl.configs.schema import Config
+from cvgl.configs.schema import Config, from_dict
 from cvgl.core.errors import UserError
 
-#: The input kinds the stage provides (align/inputs.py): pooled descriptors of one or more layers as
-#: tensors, conv maps read by random access (CVFT), or nothing (identity: no aligned entries).
-INPUT_KINDS = ("descriptors", "conv_maps", "none")
-#: Which layers a ``descriptors`` method reads: the stream-1 layer, the ISMS layers, or both.
-LAYER_SETS = ("stream1", "isms", "both")
+#: What a method reads (align/inputs.py), named by layers and roles: pooled descriptors of one layer
+#: per view (``layer``: ``align.stream1_layer``, default the last), of several (``layers``:
+#: ``align.layers``, default all), or of both; the ground and aerial roles' conv maps [C, h, w], read
+#: by random access (``conv_maps``); or nothing (``none``: no aligned entries).
+INPUT_KINDS = ("layer", "layers", "layer+layers", "conv_maps", "none")
+
+
+@dataclass(frozen=True)
+class MethodKey:
+    """A method's part of its keys: ``run`` enters the run digest (next to the method's name, the seed
+    and the input entries), ``entry`` each aligned entry's key."""
+
+    run: dict
+    entry: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -33,10 +44,9 @@ class Method:
     descriptors (float32 ``[n, d]``) of one input view, whose role is ``ground`` or ``aerial``.
     ``params`` is the dataclass ``align.params`` fills (None: the method takes none; ``align.params``
     is then only recorded); ``defaults(sizes, given)`` gives the parameters that follow the data
-    (``sizes``: ``in_dim``, ``shard_rows``) unless ``align.params`` (``given``) sets them;
-    ``check_params(given)`` refuses combinations the dataclass alone cannot see. ``key_params(cfg,
-    params, layers)`` is what of the parameters enters the run digest; ``spec_extra`` is added to each
-    aligned entry's key.
+    (``sizes``: ``in_dim``, ``shard_rows``) unless ``align.params`` (``given``) sets them.
+    ``key(cfg, params, inputs)`` returns the :class:`MethodKey` when it is not the default: every
+    resolved parameter, and the compute dtype when it is not float32 (:func:`default_key`).
     """
 
     name: str
@@ -44,21 +54,34 @@ class Method:
     train: Callable[[Any], Any] | None = None
     encode: Callable[[Any, Any, str], Any] | None = None
     params: type | None = None
-    layers: str = "stream1"
     defaults: Callable[[dict, dict], dict] | None = None
-    check_params: Callable[[dict], None] | None = None
-    key_params: Callable[[Config, Any, Any], dict] | None = None
-    dtype_in_key: bool = True
-    spec_extra: dict = dataclasses.field(default_factory=dict)
+    key: Callable[[Config, Any, Any], MethodKey] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.inputs not in INPUT_KINDS:
             raise ValueError(f"method {self.name}: inputs must be one of {INPUT_KINDS}, got {self.inputs!r}")
-        if self.layers not in LAYER_SETS:
-            raise ValueError(f"method {self.name}: layers must be one of {LAYER_SETS}, got {self.layers!r}")
         if self.inputs != "none" and (self.train is None or self.encode is None):
             raise ValueError(f"method {self.name}: a method with inputs needs train and encode")
+
+
+def default_key(cfg: Config, params: Any, inputs: Any) -> MethodKey:
+    """Every resolved parameter (``align.params`` as given, for a method without any), and the
+    training compute dtype when it resolves to other than float32 (so float32 keys never change)."""
+    return MethodKey({"params": asdict_or(params, cfg.align.params), **dtype_part(cfg)})
+
+
+def asdict_or(params: Any, given: dict) -> dict:
+    return dataclasses.asdict(params) if params is not None else dict(given)
+
+
+def dtype_part(cfg: Config) -> dict:
+    """``{"dtype": …}`` when ``align.dtype`` resolves to other than float32 on ``align.device``."""
+    from cvgl.align.training import compute_dtype
+    from cvgl.core.devices import resolve_device
+
+    dtype = compute_dtype(cfg.align.dtype, str(resolve_device(cfg.align.device, "align.device")))
+    return {"dtype": dtype} if dtype != "float32" else {}
 
 
 class Registry:
@@ -72,6 +95,11 @@ class Registry:
         """Add ``method``; registering a name twice replaces it (a module imported again)."""
         self._methods[method.name] = method
         return method
+
+    def all(self) -> list[Method]:
+        """The registered methods, built-in ones included."""
+        self._load_builtins()
+        return list(self._methods.values())
 
     def names(self) -> list[str]:
         """The registered names, built-in ones included."""
@@ -111,33 +139,68 @@ def get(name: str) -> Method:
     return METHODS.get(name)
 
 
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _section_type(cls: type, key: str) -> Any:
+    return typing.get_type_hints(cls).get(key) if key in _fields(cls) else None
+
+
+def _others_keys(method: Method) -> set[str]:
+    """The ``align.params`` keys of the other registered methods."""
+    return {k for m in METHODS.all() if m.params is not None and m is not method for k in _fields(m.params)}
+
+
 def validate_params(method: Method, params: dict) -> None:
-    """Refuse ``align.params`` keys that ``method``'s parameter dataclass lacks (closest key named)."""
+    """Refuse ``align.params`` keys that neither ``method``'s parameter dataclass nor any other
+    registered method's has (closest key named), and values a field's ``choices`` exclude.
+
+    One config may carry the parameters of several methods (a sweep over ``align.method`` shares
+    it): each method takes its own keys.
+    """
     if method.params is None:
         return
-    fields = sorted(f.name for f in dataclasses.fields(method.params))
-    unknown = [k for k in params if k not in fields]
+    fields = _fields(method.params)
+    names = sorted(fields)
+    unknown = [k for k in params if k not in fields and k not in _others_keys(method)]
     if unknown:
-        hint = difflib.get_close_matches(str(unknown[0]), fields, n=1)
+        hint = difflib.get_close_matches(str(unknown[0]), names, n=1)
         raise UserError(
             f"unknown align.params key {unknown[0]!r} for {method.params.__name__}"
-            + (f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(fields)}")
+            + (f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(names)}")
         )
-    if method.check_params is not None:
-        method.check_params(params)
+    owners = [method] + [m for m in METHODS.all() if m is not method and m.params is not None]
+    for k, v in params.items():
+        section = next((t for m in owners if dataclasses.is_dataclass(t := _section_type(m.params, k))), None)
+        if section is not None and isinstance(v, dict):
+            from_dict(section, v, f"align.params.{k}")  # a section's keys and values, checked as the config's
+        choices = fields[k].metadata.get("choices") if k in fields else None
+        if choices and v not in choices:
+            raise UserError(
+                f"align.params.{k}={v!r} contradicts align.method={method.name!r}; "
+                f"use {' or '.join(map(repr, choices))}, or drop the param"
+            )
 
 
 def resolve_params(method: Method, params: dict, sizes: dict) -> Any:
-    """``method.params`` from ``align.params`` on top of the data-derived defaults; None without params.
-
-    The given values are passed as they are (not converted), so a run's key records what was asked.
+    """``method.params`` from its keys of ``align.params`` on top of the data-derived defaults; None
+    without params. A field that is itself a dataclass is filled from its mapping like a config section
+    (values converted, unknown keys refused); other values are passed as they are (not converted), so
+    a run's key records what was asked.
     """
     if method.params is None:
         return None
     validate_params(method, params)
-    auto = method.defaults(sizes, params) if method.defaults is not None else {}
-    merged = {k: v for k, v in auto.items() if k not in params}
-    merged.update(params)
+    fields = _fields(method.params)
+    own = {k: v for k, v in params.items() if k in fields}
+    auto = method.defaults(sizes, own) if method.defaults is not None else {}
+    merged = {k: v for k, v in auto.items() if k not in own}
+    merged.update(own)
+    hints = typing.get_type_hints(method.params)
+    for k, v in merged.items():
+        if dataclasses.is_dataclass(hints.get(k)) and not dataclasses.is_dataclass(v):
+            merged[k] = from_dict(hints[k], v or {}, f"align.params.{k}")
     try:
         return method.params(**merged)
     except TypeError as e:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from cvgl.align import training
 from cvgl.align.checkpoints import (
     link_into,
     model_files,
@@ -25,8 +26,9 @@ from cvgl.align.checkpoints import (
     save_checkpoint,
     torch_save_atomic,
 )
-from cvgl.align.inputs import LOADERS, Inputs
-from cvgl.align.registry import Method, get, resolve_params
+from cvgl.align.inputs import Inputs, load_inputs
+from cvgl.align.registry import Method, MethodKey, default_key, get, resolve_params
+from cvgl.align.training import TrainerOptions
 from cvgl.cache.store import CacheStore
 from cvgl.configs.schema import Config
 from cvgl.core.atomic import write_text_atomic
@@ -157,20 +159,18 @@ class TrainJob:
 
         return on_epoch
 
-    def trainer_kwargs(self, name: str, epochs: int) -> dict[str, Any]:
-        """What every descriptor trainer takes besides its data and config: seed, device, progress,
-        the resumable state of model ``name`` (loaded now, saved on the trainer's schedule), dtype."""
-        from cvgl.align.train_stream1 import STATE_SAVE_INTERVAL_S
-
+    def trainer_options(self, name: str, epochs: int) -> TrainerOptions:
+        """What every descriptor trainer takes besides its data and parameters: seed, device, dtype,
+        progress, and the resumable state of model ``name`` (loaded now, saved on the trainer's schedule)."""
         state = self.state(name)
-        return dict(
+        return TrainerOptions(
             seed=self.seed,
             device=str(self.device),
+            dtype=self.dtype,
             on_epoch=self.on_epoch(name, epochs),
             state=state.load(),
             save_state=state.save,
-            save_interval_s=STATE_SAVE_INTERVAL_S,
-            dtype=self.dtype,
+            save_interval_s=training.STATE_SAVE_INTERVAL_S,
         )
 
     def save(self, name: str, model: torch.nn.Module, config: dict) -> None:
@@ -184,29 +184,11 @@ class TrainJob:
         return self.model_dir / name
 
 
-def _key_params(cfg: Config, method: Method, inputs: Inputs, params: Any) -> dict:
-    if method.key_params is not None:
-        return method.key_params(cfg, params, inputs.layers)
-    # By default every resolved parameter counts (or align.params as given, for a method without any).
-    return asdict(params) if params is not None else dict(cfg.align.params)
-
-
-def _run_spec(cfg: Config, method: Method, inputs: Inputs, params: Any) -> dict:
-    """What the run digest covers: the method, its resolved parameters, the seed, the input entries."""
-    spec = {
-        "method": method.name,
-        "params": _key_params(cfg, method, inputs, params),
-        "seed": cfg.seed,
-        **inputs.key,
-    }
-    if method.dtype_in_key:
-        from cvgl.align.train_stream1 import compute_dtype
-
-        dtype = compute_dtype(cfg.align.dtype, str(resolve_device(cfg.align.device, "align.device")))
-        if dtype != "float32":
-            # Only a non-default dtype enters the key, so entries trained in float32 keep their keys.
-            spec["dtype"] = dtype
-    return spec
+def _run_spec(cfg: Config, mkey: MethodKey, method: Method, inputs: Inputs) -> dict:
+    """What the run digest covers: the method, its part of the key (its parameters), the seed, the
+    input entries."""
+    run = dict(mkey.run)
+    return {"method": method.name, "params": run.pop("params", {}), "seed": cfg.seed, **inputs.key, **run}
 
 
 def _reuse(
@@ -239,12 +221,13 @@ def run_alignment(
     method = get(cfg.align.method)
     if method.inputs == "none":
         return []
-    inputs = LOADERS[method.inputs](cfg, store, method.layers)
+    inputs = load_inputs(cfg, store, method.inputs)
     params = resolve_params(method, cfg.align.params, inputs.sizes)
-    run_spec = _run_spec(cfg, method, inputs, params)
+    mkey = (method.key or default_key)(cfg, params, inputs)
+    run_spec = _run_spec(cfg, mkey, method, inputs)
     digest = content_key({"kind": "alignment-run", **run_spec})
     specs = {
-        v: {"kind": "aligned", "run": digest, "view": v, "parents": iv.keys, **method.spec_extra}
+        v: {"kind": "aligned", "run": digest, "view": v, "parents": iv.keys, **mkey.entry}
         for v, iv in inputs.eval.items()
     }
     keys = {v: content_key(s) for v, s in specs.items()}

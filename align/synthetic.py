@@ -29,7 +29,7 @@ gallery's 250 distractor buildings). Labels are location ids; names look like th
 :func:`write_cache` stores a test split (and optionally a train split) as cache entries named like
 the extraction's, ``<name>.query_drone@<layer>`` / ``<name>.gallery_satellite@<layer>`` and, for
 training, ``<name>.drone@<layer>`` / ``<name>.satellite@<layer>`` (as ``configs/u1652_train.yaml``
-names them), so ``pipeline align`` and :func:`align.runner.run_alignment` consume them as they are.
+names them), so ``pipeline align`` and :func:`align.stage.run_alignment` consume them as they are.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Training loop of GeoAlign stream 1 on descriptor tensors (no files, no CLI: the lead wires those).
+"""Training loop of GeoAlign stream 1 on descriptor tensors, and the loop (:func:`fit`) the other
+descriptor trainers share; files and the command line are the align stage's.
 
 One step = a batch of ``batch_size`` satellites plus ``batch_size · dro_num`` drones drawn uniformly at
 random from all drones; the Sinkhorn plan is computed between the two inside the batch. With the
@@ -27,6 +28,7 @@ import torch
 from cvgl.align.geoalign import GeoAlignStream1, Stream1Config
 from cvgl.align.losses import curriculum_eps, stream1_loss
 from cvgl.align.optim import WarmupCosine, build_optimizer
+from cvgl.align.training import OnEpoch, SaveState, TrainerOptions
 from cvgl.core.errors import UserError
 from torch import nn
 
@@ -36,11 +38,6 @@ STATE_FORMAT = "cvgl-align-train-state/1"
 # large is saved at most once per ``save_interval_s`` (and always at the end); a smaller state costs
 # milliseconds and is saved every ``checkpoint_every`` epochs as before.
 SMALL_STATE_BYTES = 32 * 2**20
-STATE_SAVE_INTERVAL_S = 60.0
-DTYPES = ("auto", "float32", "bfloat16")
-
-OnEpoch = Callable[[int, dict[str, float]], None]
-SaveState = Callable[[int, dict[str, Any]], None]
 # (model, logit scale, sat batch, dro batch, sat labels, dro labels, epoch) -> (loss, stats)
 BatchLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 # (satellite indices of the batch, generator) -> (drone indices, satellite rows to keep)
@@ -114,26 +111,6 @@ def _clone(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return tuple(_clone(v) for v in obj)
     return obj
-
-
-def compute_dtype(name: str, device: str) -> str:
-    """Resolve ``align.dtype``: ``auto`` is ``bfloat16`` on CUDA and on CPUs with native bf16 matmuls
-    (AMX or AVX512-BF16), else ``float32`` (elsewhere bf16 is emulated: 0.25 against 18 GFLOP/s
-    for float32 on a 2-core AVX2 EPYC, BENCHMARKS.md)."""
-    if name not in DTYPES:
-        raise UserError(f"align.dtype={name!r} is unknown; use one of {', '.join(DTYPES)}")
-    if name != "auto":
-        return name
-    if torch.device(device).type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    if torch.device(device).type != "cpu":
-        return "float32"
-    cpu = getattr(torch, "cpu", None)
-    native = any(
-        bool(getattr(cpu, probe, lambda: False)())
-        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    )
-    return "bfloat16" if native else "float32"
 
 
 def autocast(device: str, dtype: str) -> torch.autocast:
@@ -318,15 +295,27 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def build_and_fit(
-    build: Callable[[], M], *, device: str, seed: int, **fit_kw: Any
+    build: Callable[[], M], *, opts: TrainerOptions | None, **fit_kw: Any
 ) -> tuple[M, list[dict[str, float]]]:
-    """Build a model and train it with :func:`fit`, both under a torch RNG forked and seeded by ``seed``
-    (the caller's RNG is untouched; the same seed gives the same initialization and the same run).
-    Returns the eval-mode model and the per-epoch history."""
+    """Build a model and train it with :func:`fit`, both under a torch RNG forked and seeded by
+    ``opts.seed`` (the caller's RNG is untouched; the same seed gives the same initialization and the
+    same run). Returns the eval-mode model and the per-epoch history."""
+    o = opts or TrainerOptions()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build().to(device)
-        history = fit(model=model, device=device, seed=seed, **fit_kw)
+        torch.manual_seed(o.seed)
+        model = build().to(o.device)
+        history = fit(
+            model=model,
+            device=o.device,
+            seed=o.seed,
+            on_epoch=o.on_epoch,
+            state=o.state,
+            checkpoint_every=o.checkpoint_every,
+            save_state=o.save_state,
+            save_interval_s=o.save_interval_s,
+            dtype=o.dtype,
+            **fit_kw,
+        )
     return model, history
 
 
@@ -370,27 +359,16 @@ def train_stream1(
     dro: torch.Tensor,
     cfg: Stream1Config | None = None,
     *,
-    seed: int = 0,
-    device: str = "cpu",
     sat_labels: torch.Tensor | None = None,
     dro_labels: torch.Tensor | None = None,
-    on_epoch: OnEpoch | None = None,
-    state: dict[str, Any] | None = None,
-    checkpoint_every: int = 1,
-    save_state: SaveState | None = None,
-    save_interval_s: float = 0.0,
-    dtype: str = "float32",
+    opts: TrainerOptions | None = None,
 ) -> tuple[GeoAlignStream1, list[dict[str, float]]]:
     """Train GeoAlign stream 1 (AGRA + OTCA + DAMO) on satellite [Ns, D] and drone [Nd, D] descriptors.
 
     Unsupervised: labels, when given, are only used to log the pseudo-label accuracy (``pl_acc``,
-    ``pl_acc_reliable``). ``save_state(epoch, state)`` receives a resumable state every
-    ``checkpoint_every`` epochs and at the end (its tensors are copies; ``torch.save`` it and load it
-    back with ``weights_only=True``); passing it back as ``state`` continues from that epoch and ends
-    identical to an uninterrupted run. With ``save_interval_s`` > 0 a state of 32 MB or more is
-    saved at most that often (and at the end); a resumed run restarts from the last saved epoch.
-    ``dtype``: ``float32`` or ``bfloat16`` (bf16 autocast of the adapter; see :func:`compute_dtype`).
-    Returns the eval-mode model and the per-epoch history.
+    ``pl_acc_reliable``). ``opts``: seed, device, dtype, progress and resuming
+    (:class:`align.training.TrainerOptions`; a saved state's tensors are copies: ``torch.save`` it and
+    load it back with ``weights_only=True``). Returns the eval-mode model and the per-epoch history.
     """
     cfg = cfg or Stream1Config()
     sat, dro, sat_labels, dro_labels = check_inputs(sat, dro, cfg.out_dim, sat_labels, dro_labels)
@@ -402,14 +380,7 @@ def train_stream1(
         draw_drones=uniform_drones(dro.shape[0], cfg.dro_num),
         sat=sat,
         dro=dro,
-        seed=seed,
-        device=device,
         sat_labels=sat_labels,
         dro_labels=dro_labels,
-        on_epoch=on_epoch,
-        state=state,
-        checkpoint_every=checkpoint_every,
-        save_state=save_state,
-        save_interval_s=save_interval_s,
-        dtype=dtype,
+        opts=opts,
     )

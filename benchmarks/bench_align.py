@@ -58,6 +58,7 @@ from cvgl.align.geoalign import GeoAlignStream1, Stream1Config  # noqa: E402
 from cvgl.align.geoalign_release import export_stream1  # noqa: E402
 from cvgl.align.isms import ISMS, ISMSConfig, isms_input, train_isms  # noqa: E402
 from cvgl.align.train_stream1 import train_stream1  # noqa: E402
+from cvgl.align.training import TrainerOptions  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # timing
@@ -88,9 +89,7 @@ def bench_time(args: argparse.Namespace) -> dict:
         sat,
         dro,
         cfg.replace(epochs=args.epochs),
-        device=device,
-        dtype=args.dtype,
-        on_epoch=lambda e, s: stamps.append(now()),
+        opts=TrainerOptions(device=device, dtype=args.dtype, on_epoch=lambda e, s: stamps.append(now())),
     )
     per_epoch = [b - a for a, b in zip([t0] + stamps[:-1], stamps)]
     # The first epoch carries allocator warm-up; extrapolate from the rest when there is a rest.
@@ -106,9 +105,7 @@ def bench_time(args: argparse.Namespace) -> dict:
     train_isms(
         x,
         ISMSConfig(**{**icfg.__dict__, "epochs": args.isms_epochs}),
-        device=device,
-        dtype=args.dtype,
-        on_epoch=lambda e, s: istamps.append(now()),
+        opts=TrainerOptions(device=device, dtype=args.dtype, on_epoch=lambda e, s: istamps.append(now())),
     )
     i_epoch = [b - a for a, b in zip([t1] + istamps[:-1], istamps)]
     i_steady = i_epoch[1:] or i_epoch

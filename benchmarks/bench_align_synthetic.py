@@ -4,7 +4,7 @@ python benchmarks/bench_align_synthetic.py [--quick] [--transductive] [--select]
     Generates a world (align.synthetic: drone = rotated, tanh-warped, shifted, noisy satellite),
     a test split (query drones, gallery satellites with distractors) and a train split (other
     locations), writes them into a fresh cache as extraction-like entries, then runs
-    ``align.runner.run_alignment`` for isms, geoalign (stream 1), fusion, emcvgl and supervised
+    ``align.stage.run_alignment`` for isms, geoalign (stream 1), fusion, emcvgl and supervised
     (stream 1 trained with the true pairs: the bound), and evaluates every aligned entry with
     ``retrieve.metrics.evaluate`` under the u1652 protocol. Also reports raw descriptors and the
     generator's oracle (the true distortion applied to each satellite: a ceiling for reference).
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cvgl.align.runner import run_alignment  # noqa: E402
+from cvgl.align.stage import run_alignment  # noqa: E402
 from cvgl.align.synthetic import WorldConfig, align_overrides, make_splits, write_cache  # noqa: E402
 from cvgl.cache.store import CacheStore  # noqa: E402
 from cvgl.configs.schema import load_config  # noqa: E402
@@ -89,7 +89,7 @@ def config_for(method: str, args, layers, out: Path, params: dict, eval_name: st
         f"method={method}",
         f"seed={args.seed}",
         f"out={out}",
-        f"align.isms.out_dim={args.dim}",
+        f"align.params.isms.out_dim={args.dim}",
     ]
     if eval_name != NAME:
         ov += [
@@ -233,6 +233,7 @@ def isms_curve(args) -> dict:
     ``save_state`` after chosen epochs is evaluated on the test split: loss, R@1/AP, and how close
     its similarity structure already is to the final model's."""
     from cvgl.align.isms import ISMS, ISMSConfig, isms_input, train_isms
+    from cvgl.align.training import TrainerOptions
 
     if args.u1652_size:
         size = dict(n_locations=701, views_per_location=54, n_distractors=250)
@@ -267,7 +268,7 @@ def isms_curve(args) -> dict:
             snaps[epoch] = {k: v.clone() for k, v in state["model"].items()}
 
     t0 = time.perf_counter()
-    train_isms(x, cfg, seed=args.seed, on_epoch=lambda e, m: losses.append(m), save_state=save_state)
+    train_isms(x, cfg, opts=TrainerOptions(seed=args.seed, on_epoch=lambda e, m: losses.append(m), save_state=save_state))
     train_s = time.perf_counter() - t0
     model = ISMS(x.shape[1], cfg.out_dim)
     rows = []

@@ -43,8 +43,8 @@ from cvgl.cache.store import CacheStore  # noqa: E402
 from cvgl.configs.schema import load_config  # noqa: E402
 from cvgl.core.devices import resolve_device  # noqa: E402
 from cvgl.extract.dinov3 import DINOv3Backbone, DINOv3Variant, resolve_variant  # noqa: E402
-from cvgl.extract.distributed import Ranks  # noqa: E402
 from cvgl.extract.models import DinoModel, choose_batch_size, compute_dtype  # noqa: E402
+from cvgl.extract.ranks import Ranks  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

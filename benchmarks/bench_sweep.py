@@ -4,7 +4,7 @@ python benchmarks/bench_sweep.py [--workdir DIR] [--json OUT]
 
 1. Extracts the demo's descriptors once (``pipeline extract demo``) into a cache, then copies that
    cache three times, so every measurement below trains its 12 points afresh from the same entries.
-2. Times ``pipeline sweep demo --grid align.isms.epochs=[5,10,15] --grid seed=[0,1,2,3]`` (12
+2. Times ``pipeline sweep demo --grid align.params.isms.epochs=[5,10,15] --grid seed=[0,1,2,3]`` (12
    alignment points: ISMS, three schedules, four seeds) with ``sweep.n_jobs=1`` and with ``2``.
 3. Times the same 12 points as 12 separate ``pipeline run`` commands, one after another (the
    commands the sweep records for its points, ``Sweep.command``).
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-GRID = ["--grid", "align.isms.epochs=[5,10,15]", "--grid", "seed=[0,1,2,3]"]
+GRID = ["--grid", "align.params.isms.epochs=[5,10,15]", "--grid", "seed=[0,1,2,3]"]
 BASE = ["demo", "retrieve.report=false"]
 
 

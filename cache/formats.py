@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from cvgl.cache.array_files import check_h5_descriptor, load_npy
+from cvgl.cache.importers import import_arrays
 from cvgl.cache.store import CacheStore, Entry
 from cvgl.core.atomic import atomic_path
 from cvgl.core.errors import UserError
@@ -182,8 +183,6 @@ def _view_of(names: list[str], fallback: str) -> str:
 
 def import_u1652_mat(store: CacheStore, path: Path, *, alias: str | None) -> list[tuple[str, Entry]]:
     """Import ``pytorch_result.mat`` as ``<alias>.query`` and ``<alias>.gallery`` (alias default: the stem)."""
-    from cvgl.cache.importers import import_arrays
-
     m = _loadmat(path)
     required = [f"{s}_{k}" for s in MAT_SIDES for k in ("f", "label")]
     missing = [k for k in required if k not in m]
@@ -314,8 +313,6 @@ def import_hloc(store: CacheStore, path: Path, *, alias: str | None, labels: Pat
     one dimension for all) and the whole is checked against the memory available before any row is read.
     """
     import h5py
-    from cvgl.cache.importers import import_arrays
-
     require_regular_file(path, "the hloc file", "give hloc's global-feature .h5 file")
     try:
         with h5py.File(path, "r") as f:
@@ -364,8 +361,6 @@ def import_vpr(
     store: CacheStore, source: Path, *, alias: str | None, labels: Path | None, names: Path | None
 ) -> list[tuple[str, Entry]]:
     """Import VPR-methods-evaluation's descriptors as ``<alias>.database`` and ``<alias>.queries``."""
-    from cvgl.cache.importers import import_arrays
-
     folder = _vpr_folder(source)
     arrays = {}
     for side, file in VPR_FILES.items():

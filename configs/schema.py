@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,27 +131,13 @@ class ExtractConfig:
 
 
 @dataclass
-class ISMSSection:
-    """ISMS whitening (``align.isms``): GeoAlign's stream-2 shapes; also the trainer's config
-    (``align.isms.train_isms`` reads it, ``layers`` aside)."""
-
-    layers: list[int] = field(default_factory=list)  # empty: all extracted layers
-    out_dim: int = 1280
-    epochs: int = 50
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    w_decor: float = 1.0
-
-
-@dataclass
 class AlignConfig:
     # a registered alignment method (align/methods/): identity, isms, geoalign, fusion, emcvgl, supervised,
     # cvft, vgg_conv, vgg_gp; checked with align.params by align.registry.check_config once the config loads
     method: str = "isms"
     # Entries to align: one alias per layer, in layer order; empty = the extraction's (one per
     # backbone.layers). Given explicitly, their number is the number of layers: backbone.layers names
-    # them when it has as many entries, else they are layers 0, 1, … (align.stream1_layer, align.isms.layers).
+    # them when it has as many entries, else they are layers 0, 1, … (align.stream1_layer, align.layers).
     query: list[str] = field(default_factory=list)
     gallery: list[str] = field(default_factory=list)
     # Entries to train on, by branch (same form: one alias per layer); empty = train on the
@@ -164,10 +151,11 @@ class AlignConfig:
     # (part of the aligned entries' key when it resolves to bfloat16)
     dtype: str = _choices("auto", "float32", "bfloat16", default="auto")
     fusion: bool = True  # geoalign release: fuse stream 1 with ISMS
-    stream1_layer: int | None = None  # layer stream 1 / baselines read; default: the last of backbone.layers
-    isms: ISMSSection = field(default_factory=ISMSSection)
+    stream1_layer: int | None = None  # the one layer a one-layer method reads; default: the last of backbone.layers
+    layers: list[int] = field(default_factory=list)  # the layers a several-layer method (ISMS) stacks; empty: all
     # method hyperparameters: fields of the method's parameter dataclass (Stream1Config, EMCVGLConfig,
-    # CVFTConfig); unknown keys are refused when the config loads
+    # CVFTConfig; ISMS's under align.params.isms); one config may hold several methods' (a sweep over
+    # align.method): each method takes its own, and a key no method takes is refused when the config loads
     params: dict = field(default_factory=dict)
 
 
@@ -277,7 +265,7 @@ class RetrieveConfig:
 class SweepConfig:
     """``pipeline sweep``: a grid of overrides, each point an ordinary run (see orchestration/sweep_spec.py).
 
-    ``grid`` and ``zip`` map a config field (``align.method``, ``align.isms.lr``, ``seed`` …) to a list of
+    ``grid`` and ``zip`` map a config field (``align.method``, ``align.params.lr``, ``seed`` …) to a list of
     values; nested mappings are read as dotted paths. Other commands ignore this section.
     """
 
@@ -493,6 +481,46 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise UserError(f"config {p} must be a mapping of sections, got {type(loaded).__name__}")
         data = loaded
         data.setdefault("name", p.stem)
+    file_old, cli_old = _old_isms_section(data), {}
+    if "layers" in file_old:
+        data["align"].setdefault("layers", file_old.pop("layers"))
     for k, v in parse_overrides(overrides or []):
-        _set_path(data, k, v)
+        if k == "align.isms" or k.startswith("align.isms."):
+            cli_old.update(v if k == "align.isms" and isinstance(v, dict) else {k[len("align.isms.") :]: v})
+        else:
+            _set_path(data, k, v)
+    if file_old or cli_old:
+        _read_old_isms_section(data, file_old, cli_old)
     return from_dict(Config, data)
+
+
+def _old_isms_section(data: dict) -> dict:
+    align = data.get("align")
+    old = align.pop("isms", None) if isinstance(align, dict) else None
+    if old is not None and not isinstance(old, dict):
+        raise UserError(f"align.isms must be a mapping of keys, got {old!r}; write align.params.isms instead")
+    return dict(old or {})
+
+
+def _read_old_isms_section(data: dict, file_old: dict, cli_old: dict) -> None:
+    """Read the old ``align.isms`` section as it is written now, with a one-line deprecation warning:
+    its ``layers`` as ``align.layers``, the rest as ``align.params.isms`` (ISMS's hyperparameters).
+    As before, the section is apart from ``align.params``: replacing ``align.params`` keeps it. A
+    file's old section gives way to what the file or an override sets the new way; old-style
+    overrides win."""
+    warnings.warn(
+        "align.isms is deprecated: write its layers as align.layers and the rest as align.params.isms "
+        "(e.g. align.params.isms.out_dim=256)",
+        FutureWarning,
+        stacklevel=3,
+    )
+    align = data.setdefault("align", {})
+    if "layers" in cli_old:
+        align["layers"] = cli_old.pop("layers")
+    params = align.setdefault("params", {})
+    if not isinstance(params, dict):
+        raise UserError(f"align.params must be a mapping, got {params!r}")
+    section = params.get("isms") or {}
+    if not isinstance(section, dict):
+        raise UserError(f"align.params.isms must be a mapping of keys, got {section!r}")
+    params["isms"] = {**file_old, **section, **cli_old}

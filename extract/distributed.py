@@ -1,9 +1,7 @@
-"""Extraction over several processes: this process's rank, its device, and the torchrun launcher.
-
-Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) rank ``r`` of ``W`` computes the shards
-``i ≡ r (mod W)`` and writes them itself; rank 0 holds the entry locks and writes the manifests once
-every rank has passed a barrier. ``extract.launcher=torchrun`` starts such a job from a plain
-``pipeline extract``: each rank runs ``python -m cvgl.extract.distributed CONFIG`` (:func:`main`).
+"""The torchrun launcher: ``extract.launcher=torchrun`` runs a plain ``pipeline extract`` as a job of
+several ranks, each running ``python -m cvgl.extract.distributed CONFIG`` (:func:`main`), which is the
+extraction runner in that rank. :func:`extract` is the extraction stage's entry: the launcher when the
+config asks for it, else the runner in this process.
 """
 
 from __future__ import annotations
@@ -13,13 +11,9 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
-
 from cvgl.cache.store import CacheStore
 from cvgl.configs.schema import Config
 from cvgl.core.devices import resolve_device
@@ -28,81 +22,16 @@ from cvgl.core.keys import content_key
 from cvgl.extract.keys import backbone_identity, check_layers, entry_spec, images_digest
 from cvgl.extract.models import compute_dtype
 from cvgl.extract.roots import image_lists
-
-if TYPE_CHECKING:
-    from cvgl.extract.runner import ExtractedEntry
-
-#: Timeout of the rank barriers: a rank may wait for the slowest one through a whole image list.
-BARRIER_TIMEOUT = timedelta(hours=12)
+from cvgl.extract.runner import ExtractedEntry, ProgressFn, run_extraction
 
 
-@dataclass
-class Ranks:
-    """This process's place in a multi-process extraction (one process: rank 0 of 1).
-
-    ``group`` is a gloo group for control messages (barriers, small objects): the work itself needs
-    no collective, so this works the same with nccl as the default backend.
-    """
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    group: Any = None
-
-    @property
-    def leader(self) -> bool:
-        """Rank 0: the process that locks entries and writes manifests."""
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        """Wait until every rank gets here (nothing to wait for with one process)."""
-        if self.world > 1:
-            torch.distributed.barrier(group=self.group)
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if self.world == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, in rank order, on every rank."""
-        if self.world == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(out, obj, group=self.group)
-        return out
-
-
-def ranks_from_env(device_name: str = "auto") -> Ranks:
-    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``), if any.
-
-    Backend: nccl when the ranks use CUDA, gloo otherwise; control messages always go over gloo.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return Ranks()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dist = torch.distributed
-    if not dist.is_available():
-        raise UserError("WORLD_SIZE is set but this torch has no torch.distributed; run one process")
-    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    if not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=BARRIER_TIMEOUT)
-    group = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT) if dist.get_backend() != "gloo" else None
-    return Ranks(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local, group=group)
-
-
-def rank_device(cfg: Config, ranks: Ranks) -> torch.device:
-    """The device of this rank: its local GPU under torchrun, else ``backbone.device``."""
-    device = resolve_device(cfg.backbone.device, "backbone.device")
-    if ranks.world > 1 and device.type == "cuda" and device.index is None:
-        return torch.device("cuda", ranks.local_rank)
-    return device
+def extract(cfg: Config, store: CacheStore, *, progress: ProgressFn | None = None) -> list[ExtractedEntry]:
+    """Extract every view of ``cfg.dataset`` at every layer of ``cfg.backbone`` into the cache: as a
+    torchrun job when ``extract.launcher=torchrun`` (and this process is not already one of its
+    ranks), else in this process."""
+    if cfg.extract.launcher == "torchrun" and "RANK" not in os.environ:
+        return launch_torchrun(cfg, store)
+    return run_extraction(cfg, store, progress=progress)
 
 
 def launch_torchrun(cfg: Config, store: CacheStore) -> list[ExtractedEntry]:
@@ -124,7 +53,8 @@ def launch_torchrun(cfg: Config, store: CacheStore) -> list[ExtractedEntry]:
         cfg_path = Path(tmp) / f"{cfg.name}.yaml"
         cfg_path.write_text(yaml.safe_dump(to_dict(job), sort_keys=False))
         log = Path(tmp) / "stderr.log"
-        root = str(Path(__file__).resolve().parents[1])
+        # The folder holding the `cvgl` package, so `-m cvgl.extract.distributed` finds this copy of it.
+        root = str(Path(__file__).parents[2])
         env = {
             **os.environ,
             "PIPELINE_CACHE_DIR": str(store.root),
@@ -147,8 +77,6 @@ def launch_torchrun(cfg: Config, store: CacheStore) -> list[ExtractedEntry]:
             lines = [ln[len("error: ") :] for ln in text.splitlines() if ln.startswith("error: ")]
             reason = lines[0] if lines else (text.strip().splitlines() or ["no message"])[-1]
             raise UserError(f"torchrun extraction ({n} ranks) failed: {reason}")
-    from cvgl.extract.runner import run_extraction
-
     entries = run_extraction(job, store)
     return [dataclasses.replace(e, reused=e.key not in before) for e in entries]
 
@@ -175,7 +103,6 @@ def main(argv: list[str] | None = None) -> None:
     Errors end as one ``error: …`` line on stderr with exit code 2, like the pipeline command.
     """
     from cvgl.configs.schema import load_config
-    from cvgl.extract.runner import run_extraction
 
     args = list(sys.argv[1:] if argv is None else argv)
     path, overrides = (args[0], args[1:]) if args and "=" not in args[0] else (None, args)
@@ -191,4 +118,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["Ranks", "launch_torchrun", "main", "rank_device", "ranks_from_env"]
+__all__ = ["extract", "launch_torchrun", "main"]

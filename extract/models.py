@@ -18,8 +18,8 @@ from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
 from cvgl.extract.keys import Layer, check_layers, is_vgg, vgg_arch
 
-if TYPE_CHECKING:  # the launcher in extract.distributed builds on this module
-    from cvgl.extract.distributed import Ranks
+if TYPE_CHECKING:
+    from cvgl.extract.ranks import Ranks
 
 #: ``extract.batch_size=auto`` on a CPU: no device memory to fill, so the default batch.
 AUTO_BATCH_CPU = 16

@@ -12,7 +12,7 @@ How the work is laid out, and why:
 * **Ranks.** Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) rank ``r`` of ``W`` computes the shards
   ``i ≡ r (mod W)`` and writes them itself; rank 0 holds the entry locks, and once every rank has
   passed a barrier it re-checks every shard file and writes the manifests. ``extract.launcher=torchrun``
-  starts such a job from a plain ``pipeline extract``.
+  starts such a job from a plain ``pipeline extract`` (:mod:`cvgl.extract.distributed`).
 * **Pipelining.** DataLoader worker processes decode images ahead of the backbone (pinned memory and
   non-blocking copies on CUDA); the main thread only runs the network and pooling; a writer thread
   assembles whole shards and writes them to HDF5 while the next batches compute. The queue to the
@@ -23,15 +23,14 @@ How the work is laid out, and why:
   the same image range, so resume stays exact) and listed in the manifest's ``extra.skipped``.
 
 This module is the run itself. What goes into a key is in :mod:`extract.keys`, the backbones and
-the batch-size probe in :mod:`extract.models`, the shard writer in :mod:`extract.writer`, ranks and
-the torchrun launcher in :mod:`extract.distributed`, dataset roots and image lists in
-:mod:`extract.roots`.
+the batch-size probe in :mod:`extract.models`, the shard writer in :mod:`extract.writer`, ranks in
+:mod:`extract.ranks`, the torchrun launcher in :mod:`extract.distributed`, dataset roots and image
+lists in :mod:`extract.roots`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,6 @@ from cvgl.core.errors import UserError
 from cvgl.core.keys import content_key
 from cvgl.datasets.layouts import ImageList, write_semi_positives
 from cvgl.datasets.positions import write_positions
-from cvgl.extract.distributed import Ranks, launch_torchrun, rank_device, ranks_from_env
 from cvgl.extract.keys import (
     Layer,
     Preprocess,
@@ -55,6 +53,7 @@ from cvgl.extract.keys import (
     view_preprocess,
 )
 from cvgl.extract.models import ExtractModel, build_model, choose_batch_size, compute_dtype
+from cvgl.extract.ranks import Ranks, rank_device, ranks_from_env
 from cvgl.extract.roots import image_lists
 from cvgl.extract.writer import Batch, ShardSink, WriterThread
 
@@ -182,16 +181,14 @@ def _image_size(prep: Preprocess, images: ImageList) -> tuple[int, int] | None:
 def run_extraction(
     cfg: Config, store: CacheStore, *, progress: ProgressFn | None = None
 ) -> list[ExtractedEntry]:
-    """Extract every view of ``cfg.dataset`` at every layer of ``cfg.backbone`` into the cache.
-
-    Under torchrun every rank calls this with the same config; each returns the same entries.
+    """Extract every view of ``cfg.dataset`` at every layer of ``cfg.backbone`` into the cache, in this
+    process. Under torchrun every rank calls this with the same config; each returns the same entries.
+    ``extract.launcher=torchrun`` is :func:`cvgl.extract.distributed.extract`'s to start.
     """
     layers = check_layers(cfg)
     bs = cfg.extract.batch_size
     if cfg.extract.shard_rows <= 0 or (bs != "auto" and int(bs) <= 0) or cfg.extract.max_batch_size <= 0:
         raise UserError("extract.shard_rows and extract.batch_size must be positive")
-    if cfg.extract.launcher == "torchrun" and "RANK" not in os.environ:
-        return launch_torchrun(cfg, store)
     ranks = ranks_from_env(cfg.backbone.device)
     # Rank 0 first: it may generate the synthetic dataset, which the others must then only read.
     lists = image_lists(cfg, store) if ranks.leader else []

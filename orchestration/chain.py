@@ -66,7 +66,7 @@ def extract(
 ) -> StageResult:
     """Run the frozen backbone over ``cfg.dataset`` and cache one entry per (view, layer); entries the
     cache already holds are reused, not recomputed. ``cache_dir``: as ``--cache-dir``."""
-    from cvgl.extract.runner import run_extraction
+    from cvgl.extract.distributed import extract as run_extraction
 
     report = progress or SilentProgress()
 
@@ -133,7 +133,7 @@ def retrieve(
 def run(cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress | None = None) -> StageResult:
     """extract → align → retrieve in one run folder; each stage reuses what the cache holds."""
     from cvgl.align.stage import run_alignment
-    from cvgl.extract.runner import run_extraction
+    from cvgl.extract.distributed import extract as run_extraction
 
     report = progress or SilentProgress()
 

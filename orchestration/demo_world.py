@@ -7,7 +7,7 @@ generator, ``benchmarks/bench_align_synthetic.py``): drones are a rotated, warpe
 copy of their location's satellite content, so a drone-side adapter has something real to undo,
 and train and test locations differ, as in GeoAlign's protocol.
 
-Every method goes through the real stage (:func:`align.runner.run_alignment`) and retrieval
+Every method goes through the real stage (:func:`align.stage.run_alignment`) and retrieval
 (:func:`retrieve.runner.run_retrieval`, u1652 protocol) with a run folder of its own; the entries
 are keyed by the generator's spec and the alignment run, so a second demo trains nothing.
 """
@@ -77,9 +77,9 @@ def run_descriptor_world(
 def _run_methods(
     store: CacheStore, out: Path, methods: Sequence[str], layers, seed: int, log
 ) -> list[WorldRow]:
-    from cvgl.align.runner import run_alignment
+    from cvgl.align.stage import run_alignment
     from cvgl.configs.schema import load_config
-    from cvgl.core.run_folder import RunFolder
+    from cvgl.orchestration.chain import in_run_folder
     from cvgl.retrieve.runner import run_retrieval
 
     rows = []
@@ -88,24 +88,21 @@ def _run_methods(
             f"method={method}",
             f"seed={seed}",
             f"out={out / method}",
-            f"align.isms.out_dim={DIM}",
-            "align.params=" + json.dumps(PARAMS if method in ("geoalign", "fusion", "emcvgl") else {}),
+            "align.params=" + json.dumps({**PARAMS, "isms": {"out_dim": DIM}}),
             "retrieve.report=false",  # the world has no images to show
             "retrieve.device=cpu",
         ]
-        cfg = load_config(None, overrides)
-        run = RunFolder(cfg, "run", cache_root=store.root)
-        try:
+
+        def work(cfg, store, run):
             t0 = time.perf_counter()
             aligned = run_alignment(cfg, store, run)
             train_s = time.perf_counter() - t0
             m = run_retrieval(cfg, store, run)
-        except BaseException as e:
-            run.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-            raise
+            run.record(timings={"align_s": train_s}, align_reused=bool(aligned) and all(a.reused for a in aligned))
+            return aligned, train_s, m
+
+        (aligned, train_s, m), _ = in_run_folder("run", load_config(None, overrides), store.root, work)
         reused = all(a.reused for a in aligned)
-        run.record(timings={"align_s": train_s}, align_reused=bool(aligned) and reused)
-        run.finish()
         rows.append(WorldRow(method, m, train_s, reused))
         if log and aligned:
             log(f"descriptor world: {method} {'reused' if reused else f'trained in {train_s:.1f} s'}")

@@ -149,26 +149,21 @@ def run_point(task: PointTask) -> dict[str, Any]:
     does the returned summary.
     """
     import torch
-    from cvgl.align.runner import run_alignment
-    from cvgl.cache.store import CacheStore
-    from cvgl.core.run_folder import RunFolder
+    from cvgl.align.stage import run_alignment
     from cvgl.extract.runner import run_extraction
+    from cvgl.orchestration.chain import in_run_folder
     from cvgl.retrieve.runner import run_retrieval
 
     keep_worker_on_memory_growth()  # a trained point's heap high-water mark is no leak (worker_memory.py)
     torch.set_num_threads(task.threads or _worker_threads(task.host_threads))
-    cfg = task.config
-    folder = Path(str(cfg.out))
-    _clear_point(folder)
-    store = CacheStore(task.cache_root)
-    run = RunFolder(cfg, "run", cache_root=store.root)
-    run.record(
-        command=task.command,
-        sweep_point={k: display(v) for k, v in task.values.items()},
-        worker={"host": socket.gethostname(), "pid": os.getpid(), "torch_threads": torch.get_num_threads()},
-    )
-    timings: dict[str, float] = {}
-    try:
+    _clear_point(Path(str(task.config.out)))
+
+    def work(cfg, store, run) -> dict:
+        run.record(
+            command=task.command,
+            sweep_point={k: display(v) for k, v in task.values.items()},
+            worker={"host": socket.gethostname(), "pid": os.getpid(), "torch_threads": torch.get_num_threads()},
+        )
         t0 = time.perf_counter()
         # The sweep extracted first; here every entry is found in the cache (no second launcher).
         entries = run_extraction(replace(cfg, extract=replace(cfg.extract, launcher="none")), store)
@@ -180,10 +175,12 @@ def run_point(task: PointTask) -> dict[str, Any]:
         t3 = time.perf_counter()
         timings = {"extract_s": t1 - t0, "align_s": t2 - t1, "retrieve_s": t3 - t2}
         run.record(timings=timings, align_reused=bool(aligned) and all(a.reused for a in aligned))
-    except Exception as e:  # a failing point is recorded; the others go on
-        run.fail(one_line(e))
+        return metrics
+
+    try:
+        metrics, _ = in_run_folder("run", task.config, task.cache_root, work)
+    except Exception as e:  # a failing point is recorded (its folder says failed); the others go on
         return {"index": task.index, "status": "failed", "error": one_line(e)}
-    run.finish()
     return {"index": task.index, "status": "complete", **{k: metrics.get(k) for k in METRICS}}
 
 
@@ -282,7 +279,7 @@ def run_sweep(
         client, cluster = _dask_client(sweep, jobs)
     try:
         from cvgl.cache.store import CacheStore
-        from cvgl.extract.runner import run_extraction
+        from cvgl.extract.distributed import extract as run_extraction
 
         store = CacheStore(cache_root)
         store.require_writable()

@@ -107,7 +107,7 @@ def _digest(obj: Any) -> str:
 
 
 def _flatten(mapping: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    """``{align: {isms: {lr: [..]}}}`` → ``[("align.isms.lr", [..])]``; lists are axes, mappings nest."""
+    """``{align: {stream1_layer: [..]}}`` → ``[("align.stream1_layer", [..])]``; lists are axes, mappings nest."""
     out: list[tuple[str, Any]] = []
     for k, v in mapping.items():
         key = f"{prefix}.{k}" if prefix else str(k)

@@ -52,7 +52,15 @@ from cvgl.cache.store import CacheStore, Entry
 from cvgl.core.atomic import atomic_path, write_json_atomic
 from cvgl.core.errors import UserError
 from cvgl.core.keys import canonical_json, content_key, file_sha256
-from cvgl.retrieve.index import GPU_MAX_K, gpu_available
+
+# faiss' GPU brute-force search returns at most this many neighbours per query.
+GPU_MAX_K = 2048
+
+
+def gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
 
 KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 INDEX_FILE = "index.faiss"

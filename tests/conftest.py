@@ -30,3 +30,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def tiny_config(tmp_path):
+    """The demo shrunk to seconds (``tests.helpers.TINY``), its run folder ``tmp_path / "run"``."""
+    from cvgl.configs.schema import load_config
+
+    from tests.helpers import TINY
+
+    return load_config("demo", [*TINY, f"out={tmp_path / 'run'}"])

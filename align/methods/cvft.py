@@ -8,15 +8,15 @@ never loaded whole); encoding streams the entries shard by shard.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 from cvgl.align.inputs import EntryRows, MapView
-from cvgl.align.registry import Method, register
+from cvgl.align.registry import Method, MethodKey, register
 from cvgl.align.train_cvft import CVFTConfig, encode_aerial, encode_ground, train_cvft
-from cvgl.core.errors import UserError
 
 
 def train(job) -> torch.nn.Module:
@@ -59,21 +59,19 @@ def encode(model: torch.nn.Module, view: MapView, role: str) -> np.ndarray:
     return (encode_ground if role == "ground" else encode_aerial)(model, blocks).numpy()
 
 
-def _variant(name: str):
-    def defaults(sizes: dict, given: dict) -> dict:
-        return {"variant": name, "shard_rows": sizes["shard_rows"]}
-
-    def check(given: dict) -> None:
-        if given.get("variant", name) != name:
-            raise UserError(
-                f"align.params.variant={given['variant']!r} contradicts align.method={name!r}; drop the param"
-            )
-
-    return defaults, check
+def _params(name: str) -> type:
+    """CVFTConfig whose variant is ``name``: the method fixes it (another value is refused at load)."""
+    variant = dataclasses.field(default=name, metadata={"choices": (name,)})
+    return dataclasses.make_dataclass("CVFTConfig", [("variant", str, variant)], bases=(CVFTConfig,))
 
 
-def _key_params(cfg: Any, params: CVFTConfig, layers: Any) -> dict:
-    return asdict(params)
+def _defaults(sizes: dict, given: dict) -> dict:
+    return {"shard_rows": sizes["shard_rows"]}
+
+
+def _key(cfg: Any, params: CVFTConfig, inputs: Any) -> MethodKey:
+    # Every parameter; CVFT trains in float32 whatever align.dtype says, so no dtype.
+    return MethodKey({"params": asdict(params)})
 
 
 def _register() -> None:
@@ -82,18 +80,15 @@ def _register() -> None:
         ("vgg_conv", "CVFT's heads without the transport (baseline)"),
         ("vgg_gp", "global max pooling of VGG16 conv maps (baseline; nothing to train)"),
     ):
-        defaults, check = _variant(name)
         register(
             Method(
                 name,
                 inputs="conv_maps",
                 train=train,
                 encode=encode,
-                params=CVFTConfig,
-                defaults=defaults,
-                check_params=check,
-                key_params=_key_params,
-                dtype_in_key=False,
+                params=_params(name),
+                defaults=_defaults,
+                key=_key,
                 description=what,
             )
         )

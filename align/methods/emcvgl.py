@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import torch
 from cvgl.align.baselines import EMCVGLConfig, train_emcvgl
-from cvgl.align.methods._descriptors import Encoders, encode_parts, key_params
+from cvgl.align.methods._descriptors import Encoders, encode_parts, key
 from cvgl.align.registry import Method, register
 
 
@@ -20,7 +20,7 @@ def train(job) -> Encoders:
     """Train the EM-CVGL adapter on the stream-1 layer; checkpoint ``emcvgl``; its encoder."""
 
     ecfg: EMCVGLConfig = job.params
-    layer = job.inputs.layers.stream1
+    layer = job.inputs.layers.single
     sat, dro = job.train["sat"], job.train["dro"]
     em, _ = train_emcvgl(
         sat.tensors[layer],
@@ -28,7 +28,7 @@ def train(job) -> Encoders:
         ecfg,
         sat_labels=torch.from_numpy(sat.labels),
         dro_labels=torch.from_numpy(dro.labels),
-        **job.trainer_kwargs("emcvgl", ecfg.epochs),
+        opts=job.trainer_options("emcvgl", ecfg.epochs),
     )
     job.save("emcvgl", em, {"method": "emcvgl", "emcvgl": asdict(ecfg), "layer": layer})
     device = job.device
@@ -38,12 +38,12 @@ def train(job) -> Encoders:
 register(
     Method(
         "emcvgl",
-        inputs="descriptors",
+        inputs="layer",
         train=train,
         encode=encode_parts,
         params=EMCVGLConfig,
         defaults=emcvgl_dims,
-        key_params=key_params,
+        key=key,
         description="EM-CVGL baseline: hard mutual pseudo-labels + InfoNCE",
     )
 )

@@ -1,20 +1,30 @@
 """GeoAlign stream 1 (``geoalign``), its supervised upper bound (``supervised``) and ``fusion`` (with ISMS).
 
 Stream 1 trains on one layer (``align.stream1_layer``, default the last); its parameters are
-:class:`align.geoalign.Stream1Config` (``align.params``), with widths that follow the input.
+:class:`align.geoalign.Stream1Config` (``align.params``), with widths that follow the input; fusion's
+add ISMS's under ``align.params.isms``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from cvgl.align.geoalign import Stream1Config
-from cvgl.align.methods._descriptors import Encoders, encode_parts, key_params
-from cvgl.align.methods.isms import train_isms_part
+from cvgl.align.isms import ISMSConfig
+from cvgl.align.methods._descriptors import Encoders, encode_parts, key, train_isms_part
 from cvgl.align.registry import Method, register
 from cvgl.core.errors import UserError
 
+
+@dataclass
+class FusionParams(Stream1Config):
+    """``align.params`` of ``align.method=fusion``: stream 1's, and ISMS's under ``isms``."""
+
+    isms: ISMSConfig = field(default_factory=ISMSConfig)
+
+    def stream1(self) -> Stream1Config:
+        return Stream1Config(**{f.name: getattr(self, f.name) for f in fields(Stream1Config)})
 
 def adapter_dims(sizes: dict, params: dict, chunks_default: int = 20, nhead: int = 4) -> dict:
     """Stream-1 widths for an input of ``in_dim``: the release's where they fit, else scaled."""
@@ -36,8 +46,8 @@ def train_stream1_part(job, *, supervised: bool = False) -> Encoders:
     from cvgl.align.geoalign_release import export_stream1
     from cvgl.align.train_stream1 import train_stream1
 
-    s1cfg: Stream1Config = job.params
-    layer = job.inputs.layers.stream1
+    s1cfg: Stream1Config = job.params.stream1() if isinstance(job.params, FusionParams) else job.params
+    layer = job.inputs.layers.single
     sat, dro = job.train["sat"], job.train["dro"]
     if supervised and ((sat.labels < 0).all() or (dro.labels < 0).all()):
         raise UserError("align.method=supervised needs labels on the training entries; these have none (-1)")
@@ -47,7 +57,7 @@ def train_stream1_part(job, *, supervised: bool = False) -> Encoders:
         s1cfg,
         sat_labels=torch.from_numpy(sat.labels),
         dro_labels=torch.from_numpy(dro.labels),
-        **job.trainer_kwargs("stream1", s1cfg.epochs),
+        opts=job.trainer_options("stream1", s1cfg.epochs),
     )
     conf = {
         "method": job.cfg.align.method,
@@ -63,22 +73,24 @@ def train_stream1_part(job, *, supervised: bool = False) -> Encoders:
 
 def train_fusion(job) -> Encoders:
     """ISMS, then stream 1; the fused descriptor is [stream 1 | ISMS]."""
-    isms = train_isms_part(job)
+    isms = train_isms_part(job, job.params.isms)
     return {**train_stream1_part(job), **isms}
 
 
-def _stream1(name: str, train, layers: str = "stream1", description: str = "", **extra) -> Method:
+def _fusion_key(cfg, params: FusionParams, inputs):
+    # The fused column order is part of the entries' keys: entries of the old [ISMS | stream 1] order differ.
+    return key(cfg, params.stream1(), inputs, isms=params.isms, entry={"layout": ["stream1", "isms"]})
+
+
+def _stream1(name: str, train, inputs: str = "layer", description: str = "", **extra) -> Method:
     return Method(
         name,
-        inputs="descriptors",
-        layers=layers,
+        inputs=inputs,
         train=train,
         encode=encode_parts,
-        params=Stream1Config,
         defaults=adapter_dims,
-        key_params=key_params,
         description=description,
-        **extra,
+        **{"params": Stream1Config, "key": key, **extra},
     )
 
 
@@ -98,9 +110,9 @@ register(
     _stream1(
         "fusion",
         train_fusion,
-        layers="both",
+        inputs="layer+layers",
         description="stream 1 and ISMS, fused as GeoAlign fuses them",
-        # The fused column order is part of the key: entries of the old [ISMS | stream 1] order differ.
-        spec_extra={"layout": ["stream1", "isms"]},
+        params=FusionParams,
+        key=_fusion_key,
     )
 )
