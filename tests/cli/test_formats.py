@@ -7,6 +7,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 import scipy.io
 from cvgl.cache.store import CacheStore
 
@@ -17,6 +18,7 @@ def _paths(view: str, labels: list[int]) -> list[str]:
     return [f"./data/test/{view}/{lab:04d}/image-{i:02d}.jpeg" for i, lab in enumerate(labels)]
 
 
+@pytest.mark.slow
 def test_pytorch_result_mat_imports_retrieves_and_exports_back_for_evaluate_gpu(tmp_path):
     rng = np.random.default_rng(0)
     q_lab, g_lab = [3, 1, 2, 3, 1], [1, 2, 3, 4, -1]
@@ -95,6 +97,7 @@ def test_hloc_global_descriptors_import_one_row_per_image_name_with_folder_label
         assert labels[row] == int(n.split("/")[1])
 
 
+@pytest.mark.slow
 def test_vpr_methods_evaluation_folder_imports_database_and_queries_with_their_names(tmp_path):
     rng = np.random.default_rng(2)
     log = tmp_path / "logs" / "default"

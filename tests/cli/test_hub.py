@@ -52,6 +52,7 @@ def _keys(run_dir: Path) -> set[str]:
     return set(json.loads((run_dir / "run.json").read_text())["cache_keys"].values())
 
 
+@pytest.mark.slow
 def test_hub_id_resolves_from_offline_cache_and_keys_like_the_same_local_folder(tmp_path):
     local = tmp_path / "local_weights"
     _save_weights(local, seed=7)
@@ -74,6 +75,7 @@ def test_hub_id_resolves_from_offline_cache_and_keys_like_the_same_local_folder(
         assert spec["backbone"]["weights"] == weights_digest(local)
 
 
+@pytest.mark.slow
 def test_hub_id_missing_from_cache_while_offline_is_one_line_and_writes_nothing(tmp_path):
     hub = tmp_path / "hub"
     hub.mkdir()
@@ -116,6 +118,7 @@ def gated_hub():
     server.server_close()
 
 
+@pytest.mark.slow
 def test_gated_hub_repo_says_to_log_in_in_one_line(tmp_path, gated_hub):
     hub = tmp_path / "hub"
     hub.mkdir()

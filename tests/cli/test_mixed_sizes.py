@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from cvgl.cache.store import CacheStore
 from PIL import Image
 
@@ -71,6 +72,7 @@ def _assert_equal(a: Path, b: Path) -> None:
             assert np.array_equal(la, lb) and na == nb
 
 
+@pytest.mark.slow
 def test_mixed_native_sizes_extract_with_any_batch_size_equal_to_batch_size_one(tmp_path):
     root = _mixed_folder(tmp_path / "ds")
     one = tmp_path / "bs1"
@@ -90,6 +92,7 @@ def test_mixed_native_sizes_extract_with_any_batch_size_equal_to_batch_size_one(
     assert np.isfinite(d).all() and (np.linalg.norm(d, axis=1) > 0.5).all()
 
 
+@pytest.mark.slow
 def test_mixed_native_sizes_resume_from_complete_shards_gives_identical_shard_files(tmp_path):
     """A run stopped before its manifest leaves complete shards; the rerun computes only the missing
     ones and its shard files are byte for byte those of the uninterrupted run."""
@@ -114,6 +117,7 @@ def test_mixed_native_sizes_resume_from_complete_shards_gives_identical_shard_fi
     assert store.verify() == {k: [] for k in store.keys()}
 
 
+@pytest.mark.slow
 def test_conv_maps_of_mixed_native_sizes_are_refused_in_one_line(tmp_path):
     """Conv maps (pooling.name=none) take their shape from the input size, so one entry cannot hold
     maps of different sizes: refused before any shard is written, naming the fix, whatever the batch

@@ -21,6 +21,7 @@ from tests.helpers import cli, one_error_line
     ],
     ids=["run-no-key", "run-no-equals", "grid-no-equals", "zip-no-key", "demo-no-equals"],
 )
+@pytest.mark.slow
 def test_an_argument_that_is_not_key_equals_value_is_one_line_naming_it_and_writes_nothing(
     tmp_path, args, expected
 ):

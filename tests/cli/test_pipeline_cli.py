@@ -18,6 +18,7 @@ from tests.helpers import TINY, cli, one_error_line, start_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
+@pytest.mark.slow
 def test_demo_end_to_end_then_second_demo_reuses_every_entry(tmp_path):
     cache = tmp_path / "cache"
     # The demo's stream 1 / EM-CVGL schedule shortened for the test (an align.params override); the
@@ -58,6 +59,7 @@ def test_unknown_config_key_names_the_closest_one(tmp_path):
     assert "did you mean 'backbone.layers'" in one_error_line(p)
 
 
+@pytest.mark.slow
 def test_missing_dataset_root_is_one_line_and_leaves_no_entry(tmp_path):
     p = cli(
         "extract",
@@ -80,6 +82,7 @@ def _make_u1652(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_unreadable_image_names_the_file_and_keeps_entry_incomplete(tmp_path):
     root = _make_u1652(tmp_path)
     victim = sorted((root / "test" / "query_drone").rglob("*.jpeg"))[10]
@@ -96,6 +99,7 @@ def test_unreadable_image_names_the_file_and_keeps_entry_incomplete(tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+@pytest.mark.slow
 def test_empty_gallery_is_refused(tmp_path):
     root = _make_u1652(tmp_path)
     for f in (root / "test" / "gallery_satellite").rglob("*.jpg"):
@@ -106,6 +110,7 @@ def test_empty_gallery_is_refused(tmp_path):
     assert "gallery_satellite" in one_error_line(p)
 
 
+@pytest.mark.slow
 def test_kill_mid_extraction_then_rerun_equals_uninterrupted_run(tmp_path):
     root = tmp_path / "u1652"
     from cvgl.datasets.synthetic import make_synthetic_u1652
@@ -139,6 +144,7 @@ def test_kill_mid_extraction_then_rerun_equals_uninterrupted_run(tmp_path):
         assert na == nb
 
 
+@pytest.mark.slow
 def test_two_concurrent_extractions_of_one_key_compute_once(tmp_path):
     root = _make_u1652(tmp_path)
     cache = tmp_path / "c"
@@ -154,6 +160,7 @@ def test_two_concurrent_extractions_of_one_key_compute_once(tmp_path):
     assert all(store.has(k) for k in store.keys()) and len(store.keys()) == 4
 
 
+@pytest.mark.slow
 def test_corrupt_shard_verify_names_it_and_retrieve_refuses(tmp_path):
     cache = tmp_path / "c"
     assert cli("extract", "demo", *TINY, cache=cache, cwd=tmp_path).returncode == 0
@@ -181,6 +188,7 @@ def test_corrupt_shard_verify_names_it_and_retrieve_refuses(tmp_path):
     assert "corrupt" in line and "shard-00000.h5" in line
 
 
+@pytest.mark.slow
 def test_retrieve_writes_metrics_and_per_query_csv(tmp_path):
     cache = tmp_path / "c"
     assert cli("extract", "demo", *TINY, cache=cache, cwd=tmp_path).returncode == 0
@@ -214,6 +222,7 @@ def _npy(tmp_path: Path) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_cache_ls_show_export_from_another_directory(tmp_path):
     cache = tmp_path / "c"
     elsewhere = tmp_path / "elsewhere"
@@ -231,6 +240,7 @@ def test_cache_ls_show_export_from_another_directory(tmp_path):
     assert "no cache entry named 'nope'" in one_error_line(p)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["backbone.name=dinov3_vitq16", "pooling.name=sum"])
 def test_bad_choices_exit_2(tmp_path, bad):
     one_error_line(cli("extract", "demo", *TINY, bad, cache=tmp_path / "c", cwd=tmp_path))

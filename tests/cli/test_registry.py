@@ -57,6 +57,7 @@ def _readme_method_example() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_readme_method_example_registers_trains_and_aligns_imported_entries_without_backbone(tmp_path):
     (tmp_path / "center.py").write_text(_readme_method_example(), encoding="utf-8")
     (tmp_path / "driver.py").write_text(DRIVER, encoding="utf-8")
@@ -103,6 +104,7 @@ def _nothing_extracted(cache: Path) -> bool:
     return not (cache / "datasets").exists() and (not entries.exists() or not any(entries.iterdir()))
 
 
+@pytest.mark.slow
 def test_unknown_params_key_fails_when_the_config_loads_before_any_extraction(tmp_path):
     cache = tmp_path / "cache"
     p = cli("run", "demo", "align.method=geoalign", "align.params={lrr: 0.1}", cache=cache, cwd=tmp_path)
@@ -112,6 +114,7 @@ def test_unknown_params_key_fails_when_the_config_loads_before_any_extraction(tm
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_unknown_method_names_the_closest_registered_one(tmp_path):
     cache = tmp_path / "cache"
     line = one_error_line(cli("extract", "demo", "align.method=fuson", cache=cache, cwd=tmp_path))
@@ -119,6 +122,7 @@ def test_unknown_method_names_the_closest_registered_one(tmp_path):
     assert _nothing_extracted(cache)
 
 
+@pytest.mark.slow
 def test_cvft_variant_contradicting_the_method_is_refused_at_load(tmp_path):
     line = one_error_line(
         cli(
@@ -133,6 +137,7 @@ def test_cvft_variant_contradicting_the_method_is_refused_at_load(tmp_path):
     assert "contradicts align.method='vgg_gp'" in line
 
 
+@pytest.mark.slow
 def test_sweep_point_with_a_bad_params_key_fails_alone_before_extraction(tmp_path):
     cache = tmp_path / "cache"
     p = cli(

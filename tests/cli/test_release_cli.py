@@ -11,6 +11,7 @@ from tests.helpers import cli, one_error_line
 from tests.unit.test_geoalign_release import reference_isms, reference_stream1, write_release
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,fusion", [("D2S", "true"), ("S2D", "false")])
 def test_release_folder_evaluates_like_an_independent_forward(tmp_path, mode, fusion):
     info = write_release(tmp_path / "rel", seed=3)
@@ -37,6 +38,7 @@ def test_release_folder_evaluates_like_an_independent_forward(tmp_path, mode, fu
     assert CacheStore(cache).aliases()  # features imported into the cache
 
 
+@pytest.mark.slow
 def test_release_folder_missing_checkpoint_is_one_line(tmp_path):
     write_release(tmp_path / "rel", seed=0)
     (tmp_path / "rel" / "outputs" / "base_stream2" / "isms_model_26_28.pth").unlink()

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.helpers import cli, one_error_line
 
@@ -38,6 +39,7 @@ def _160k(tmp_path: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, list[str
     return q.astype(np.float32), g.astype(np.float32), q_names, g_names
 
 
+@pytest.mark.slow
 def test_answer_txt_lists_top10_satellite_ids_in_the_challenge_query_order(tmp_path):
     cache = tmp_path / "cache"
     q, g, q_names, _ = _160k(tmp_path, cache)
@@ -58,6 +60,7 @@ def test_answer_txt_lists_top10_satellite_ids_in_the_challenge_query_order(tmp_p
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["answer"].endswith("answer.txt")
 
 
+@pytest.mark.slow
 def test_answer_order_naming_an_unknown_query_is_one_line_and_writes_no_answer(tmp_path):
     cache = tmp_path / "cache"
     _, _, q_names, _ = _160k(tmp_path, cache)
@@ -70,6 +73,7 @@ def test_answer_order_naming_an_unknown_query_is_one_line_and_writes_no_answer(t
     assert not (tmp_path / "r" / "answer.txt").exists() and not (tmp_path / "r" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_multi_query_ranks_each_location_by_the_normalized_mean_of_its_normalized_views(tmp_path):
     rng = np.random.default_rng(3)
     cache = tmp_path / "cache"

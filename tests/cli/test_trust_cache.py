@@ -54,6 +54,7 @@ def test_rm_of_an_alias_holding_an_empty_line_keeps_every_entry_and_exits_2(cach
     assert not _alias(cache, GALLERY).exists() and _entry_dirs(cache) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", ["../../outside\n", "ABSOLUTE"])
 def test_alias_pointing_outside_the_cache_never_removes_that_folder(cache, tmp_path, content):
     outside = tmp_path / "outside"
@@ -87,6 +88,7 @@ def test_entry_folder_symlinked_outside_the_cache_is_not_removed_through(cache, 
     assert (outside / "manifest.json").exists() and len(list(outside.glob("shard-*.h5"))) == 2
 
 
+@pytest.mark.slow
 def test_shard_copied_from_another_layer_is_refused_by_retrieve_and_export(cache, tmp_path):
     store = CacheStore(cache)
     target = store.open(GALLERY).shard_paths()[0]
@@ -133,6 +135,7 @@ def test_shard_removed_while_reading_says_the_entry_was_removed(cache, tmp_path)
     assert "corrupt" not in str(info.value) and "Errno" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_non_utf8_alias_repair_commands_report_it_and_do_not_crash(cache, tmp_path):
     _alias(cache, GALLERY).write_bytes(b"\xff\xfe\x00garbage")
     before = _entry_dirs(cache)
@@ -172,6 +175,7 @@ def test_verify_exits_nonzero_on_an_invalid_alias_file(cache, tmp_path, content)
     assert "entries failed" not in p.stderr
 
 
+@pytest.mark.slow
 def test_dangling_alias_has_its_own_message_and_verify_fails_on_it(cache, tmp_path):
     _alias(cache, "gone").write_text("f" * 64 + "\n")
     p = cli("cache", "show", "gone", cache=cache, cwd=tmp_path)
@@ -183,6 +187,7 @@ def test_dangling_alias_has_its_own_message_and_verify_fails_on_it(cache, tmp_pa
     assert p.returncode == 0 and not _alias(cache, "gone").exists()
 
 
+@pytest.mark.slow
 def test_unreadable_manifest_is_listed_and_verified_not_a_crash(cache, tmp_path):
     store = CacheStore(cache)
     key = store.resolve(GALLERY)
@@ -197,6 +202,7 @@ def test_unreadable_manifest_is_listed_and_verified_not_a_crash(cache, tmp_path)
     assert key not in _entry_dirs(cache) and len(_entry_dirs(cache)) == 3
 
 
+@pytest.mark.slow
 def test_rm_alias_keeps_the_entry_reachable_by_key(cache, tmp_path):
     key = CacheStore(cache).resolve(GALLERY)
     assert cli("cache", "rm", "--alias", GALLERY, cache=cache, cwd=tmp_path).returncode == 0

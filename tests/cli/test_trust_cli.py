@@ -64,6 +64,7 @@ def test_shipped_config_name_still_wins_over_a_folder_of_that_name(tmp_path):
 
 
 # -- nothing around the error line ----------------------------------------------------------------
+@pytest.mark.slow
 def test_error_before_any_progress_has_no_blank_line_without_quiet(tmp_path):
     p = cli(
         "extract", "demo", "dataset.layout=u1652", f"root={tmp_path / 'nowhere'}", *TINY,
@@ -72,6 +73,7 @@ def test_error_before_any_progress_has_no_blank_line_without_quiet(tmp_path):
     assert "nowhere" in exactly_one_error_line(p)
 
 
+@pytest.mark.slow
 def test_error_after_progress_bars_ran_is_the_only_line_without_quiet(tmp_path):
     from cvgl.datasets.synthetic import make_synthetic_u1652
 
@@ -100,6 +102,7 @@ def _import_pair(tmp_path: Path, cache: Path) -> None:
         assert p.returncode == 0, p.stderr
 
 
+@pytest.mark.slow
 def test_library_warning_before_an_error_does_not_add_lines(tmp_path):
     # retrieve.device=cuda without CUDA warns (in torch-side code) before the cvft size check fails.
     cache = tmp_path / "c"
@@ -111,6 +114,7 @@ def test_library_warning_before_an_error_does_not_add_lines(tmp_path):
     assert "cvft" in exactly_one_error_line(p)
 
 
+@pytest.mark.slow
 def test_warning_of_a_successful_command_is_one_line(tmp_path):
     import torch
 
@@ -124,6 +128,7 @@ def test_warning_of_a_successful_command_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("warning: ") and "cuda" in lines[0].lower(), p.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_extraction_exits_130_and_says_how_to_resume(tmp_path):
     from cvgl.datasets.synthetic import make_synthetic_u1652
 

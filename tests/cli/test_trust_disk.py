@@ -39,6 +39,7 @@ def _complete_entries(cache: Path) -> set[str]:
 
 
 # -------------------------------------------------------------------------------- generation lock
+@pytest.mark.slow
 def test_concurrent_extract_demo_generates_the_dataset_once_and_both_get_the_same_keys(tmp_path):
     cache = tmp_path / "cache"
     first = _start("extract", "demo", *RACE, "out=a", cache=cache, cwd=tmp_path)
@@ -58,6 +59,7 @@ def test_concurrent_extract_demo_generates_the_dataset_once_and_both_get_the_sam
     assert _leftovers(cache) == []
 
 
+@pytest.mark.slow
 def test_regenerating_with_other_parameters_never_deletes_files_it_did_not_write(tmp_path):
     data = tmp_path / "data"
     p = cli("extract", "demo", *TINY, f"root={data}", "out=a", cache=tmp_path / "c", cwd=tmp_path)
@@ -104,6 +106,7 @@ def _assert_no_space(p: subprocess.CompletedProcess) -> None:
     assert "no space left on the device writing" in line, line
 
 
+@pytest.mark.slow
 def test_full_disk_while_generating_the_dataset_is_one_line_and_leaves_no_partial_dataset(tmp_path, small_disk):
     _fill(small_disk)
     os.truncate(small_disk / "filler", 5 * 1024 * 1024 - 256 * 1024)  # room for a part of the dataset only
@@ -118,6 +121,7 @@ def test_full_disk_while_generating_the_dataset_is_one_line_and_leaves_no_partia
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_full_disk_while_extracting_is_one_line_and_no_entry_looks_complete(tmp_path, small_disk):
     cache = small_disk / "cache"
     args = ["extract", "demo", *TINY, f"root={tmp_path / 'data'}"]  # the images live on the big disk
@@ -136,6 +140,7 @@ def test_full_disk_while_extracting_is_one_line_and_no_entry_looks_complete(tmp_
     assert len(_complete_entries(cache)) == 4
 
 
+@pytest.mark.slow
 def test_full_disk_while_aligning_or_in_the_run_folder_is_one_line(tmp_path, small_disk):
     cache = small_disk / "cache"
     data = ["demo", *TINY, f"root={tmp_path / 'data'}"]
@@ -158,6 +163,7 @@ def test_full_disk_while_aligning_or_in_the_run_folder_is_one_line(tmp_path, sma
 
 
 # -------------------------------------------------------------------------------- run folders
+@pytest.mark.slow
 def test_failed_rerun_into_the_same_folder_leaves_no_earlier_results_and_compare_skips_it(tmp_path):
     cache = tmp_path / "cache"
     p = cli("run", "demo", *TINY, "out=run", cache=cache, cwd=tmp_path)
@@ -187,6 +193,7 @@ def test_failed_rerun_into_the_same_folder_leaves_no_earlier_results_and_compare
 
 
 # -------------------------------------------------------------------------------- checkpoints
+@pytest.mark.slow
 def test_checkpoints_live_in_the_cache_and_a_rerun_that_reuses_the_entries_links_them(tmp_path):
     cache = tmp_path / "cache"
     p = cli("run", "demo", *TINY, "out=first", cache=cache, cwd=tmp_path)

@@ -61,6 +61,7 @@ def _nothing_cached(cache: Path) -> bool:
 # Cosine, always
 
 
+@pytest.mark.slow
 def test_unnormalized_imported_descriptors_are_ranked_by_cosine(tmp_path):
     cache = tmp_path / "c"
     _import(tmp_path, cache, "q", np.array([[1, 0], [0, 1]], np.float32), np.array([0, 1]))
@@ -78,6 +79,7 @@ def test_unnormalized_imported_descriptors_are_ranked_by_cosine(tmp_path):
     [[], ["retrieve.index=hnsw"], ["retrieve.rerank=k_reciprocal", "retrieve.k1=4", "retrieve.k2=2"]],
     ids=["exact", "hnsw-index", "k-reciprocal-rerank"],
 )
+@pytest.mark.slow
 def test_rescaling_descriptors_changes_no_rank_and_no_top_k_list(tmp_path, how):
     """Cosine scores ignore each row's length: unit rows and the same rows scaled by 0.1-10 rank alike,
     in the exact pass, through a FAISS index and under re-ranking."""
@@ -123,6 +125,7 @@ def test_rescaling_descriptors_changes_no_rank_and_no_top_k_list(tmp_path, how):
     ]
 
 
+@pytest.mark.slow
 def test_an_all_zero_descriptor_is_refused_in_one_line(tmp_path):
     cache = tmp_path / "c"
     _import(tmp_path, cache, "q", np.array([[1, 0], [0, 1]], np.float32), np.array([0, 1]))
@@ -153,6 +156,7 @@ def _garbage_index_json(d: Path) -> None:
 @pytest.mark.parametrize(
     "damage", [_corrupt_index_bytes, _garbage_index_json], ids=["index.faiss", "index.json"]
 )
+@pytest.mark.slow
 def test_a_damaged_cached_index_is_rebuilt_and_says_so(tmp_path, damage):
     rng = np.random.default_rng(0)
     g = rng.standard_normal((60, 8)).astype(np.float32)
@@ -288,6 +292,7 @@ ODD_NAMES = [
 ]
 
 
+@pytest.mark.slow
 def test_every_name_extraction_accepts_round_trips_through_export_and_import(tmp_path):
     root = tmp_path / "ds"
     for i, name in enumerate(ODD_NAMES):
@@ -320,6 +325,7 @@ def _bad_loop(folder: Path) -> str:
 BAD_NAMES = {"newline": _bad_newline, "non-UTF-8 bytes": _bad_bytes, "symlink loop": _bad_loop}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BAD_NAMES))
 def test_an_image_whose_name_cannot_come_back_is_refused_in_one_line_naming_it(tmp_path, kind):
     root = tmp_path / "ds"
@@ -333,6 +339,7 @@ def test_an_image_whose_name_cannot_come_back_is_refused_in_one_line_naming_it(t
     assert not any(store.has(k) for k in store.keys())  # nothing that reads as complete
 
 
+@pytest.mark.slow
 def test_skip_bad_lists_unstorable_names_and_the_rest_round_trips(tmp_path):
     root = tmp_path / "ds"
     (root / "0").mkdir(parents=True)

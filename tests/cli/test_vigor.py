@@ -201,6 +201,7 @@ def _entry_dir(cache: Path, alias: str) -> Path:
     return cache / "entries" / (cache / "aliases" / alias).read_text().strip()
 
 
+@pytest.mark.slow
 def test_vigor_end_to_end_stores_semi_positives_readable_with_h5py(vigor, tmp_path):
     root, rows = vigor
     cache = tmp_path / "cache"
@@ -231,6 +232,7 @@ def test_vigor_end_to_end_stores_semi_positives_readable_with_h5py(vigor, tmp_pa
     assert semi[i].tolist() == [label_of[f"satellite/Chicago/{chicago[c]}"] for c in (4, 7, 10)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing_split", "wrong_columns", "satellite_gone"])
 def test_bad_vigor_input_is_one_line_and_leaves_no_entry(vigor, tmp_path, damage):
     root, _ = vigor

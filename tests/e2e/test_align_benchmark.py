@@ -15,9 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_benchmark_ranks_stream1_above_raw_and_emcvgl_below_supervised(tmp_path):
     out = tmp_path / "out.json"
     cmd = [

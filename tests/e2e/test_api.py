@@ -25,6 +25,7 @@ def _readme_python_api_example() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_readme_python_api_example_runs_as_written(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(_readme_python_api_example(), encoding="utf-8")
@@ -104,6 +105,7 @@ def test_open_entry_by_alias_or_key_streams_the_same_rows_it_reads(tmp_path, tin
         pipeline.open_entry("demo.nothing@2", cache_dir=cache)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["u1652", "geoalign", "cvft"])
 def test_evaluate_on_arrays_gives_the_metrics_retrieve_writes(tmp_path, protocol):
     rng = np.random.default_rng(3)
@@ -175,6 +177,7 @@ def _loud(*args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
     return cli(*args, cache=cache, cwd=cwd, quiet=False, env=no_terminal, timeout=600)
 
 
+@pytest.mark.slow
 def test_progress_into_a_pipe_is_plain_lines_not_bars(tmp_path):
     p = _loud(
         "run", "demo", *TINY, "retrieve.index=ivf_flat", "retrieve.nlist=2", "out=r",

@@ -201,6 +201,7 @@ def test_writer_thread_errors_surface_in_the_caller():
 # The runner
 
 
+@pytest.mark.slow
 def test_few_hundred_images_memory_stays_one_shard_per_layer(tmp_path, monkeypatch):
     """Resident memory is bounded by batch and shard, not dataset: the writer never holds more than
     one shard per layer (checked on the sink), the queue to it is bounded, and the rows are right."""
@@ -239,6 +240,7 @@ def test_few_hundred_images_memory_stays_one_shard_per_layer(tmp_path, monkeypat
     assert runner.run_extraction(cfg, store)[0].reused  # second run: nothing computed
 
 
+@pytest.mark.slow
 def test_writer_failure_stops_the_run_then_resume_equals_clean_run(tmp_path, monkeypatch):
     root = _folder(tmp_path / "ds", 40)
     cfg = _cfg(root)
@@ -263,6 +265,7 @@ def test_writer_failure_stops_the_run_then_resume_equals_clean_run(tmp_path, mon
     _assert_same(clean, store)
 
 
+@pytest.mark.slow
 def test_corrupt_image_stops_with_its_path_then_skip_bad_goes_on(tmp_path):
     root = _folder(tmp_path / "ds", 40)
     victim = root / "2" / "0022.png"  # image 19 in list order: shard 2 (rows 16..23)
@@ -350,6 +353,7 @@ def test_facets_with_and_without_cls_through_pooling(tmp_path, facet):
         torch.testing.assert_close(got, gem(tokens), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_vgg16_pooled_descriptors_and_conv_maps(tmp_path):
     from cvgl.extract.vgg16 import CVFT_AERIAL_SIZE, CVFT_GROUND_SIZE, load_vgg16
 
@@ -388,6 +392,7 @@ def test_vgg16_pooled_descriptors_and_conv_maps(tmp_path):
     assert model.row_shape("conv5_3", CVFT_AERIAL_SIZE) == (512, 16, 16)
 
 
+@pytest.mark.slow
 def test_vgg16_conv_maps_of_cvusa_pairs(tmp_path):
     """CVFT's input to its transport layer: conv5_3 maps of both views of CVUSA pairs, labelled by pair."""
     root = tmp_path / "CVUSA"
@@ -434,6 +439,7 @@ def test_vgg16_conv_maps_of_cvusa_pairs(tmp_path):
 # Ranks
 
 
+@pytest.mark.slow
 def test_two_ranks_with_torchrun_equal_one_process_and_resume_a_killed_job(tmp_path, monkeypatch):
     """extract.launcher=torchrun runs 2 CPU ranks (gloo); the entries equal a single-process run value
     for value, and the job resumes from the shards an interrupted run left."""

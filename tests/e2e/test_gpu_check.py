@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_writes_one_json_and_a_log_covering_every_item(tmp_path):
     out = tmp_path / "check"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}

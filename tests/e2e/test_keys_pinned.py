@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.helpers import cli
 
@@ -86,6 +87,7 @@ def _extract(tmp_path: Path, *overrides: str) -> dict[str, str]:
     return {a.name: a.read_text().strip() for a in sorted((cache / "aliases").iterdir())}
 
 
+@pytest.mark.slow
 def test_extraction_keys_of_a_fixed_configuration_never_change(tmp_path):
     _folder(tmp_path / "images")
     random_init = _extract(tmp_path)

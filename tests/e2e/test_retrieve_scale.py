@@ -266,6 +266,7 @@ def test_cuda_streaming_and_score_matrix_paths_match_cpu():
 # Bad input on the command line: one line, exit code 2
 
 
+@pytest.mark.slow
 def test_bad_retrieval_input_is_refused_with_one_clear_line(tmp_path):
     store, *_ = _store_pair(tmp_path, n_g=300)
     x = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)

@@ -58,6 +58,7 @@ def test_grid_and_zip_expand_into_every_combination_with_their_own_aliases(tmp_p
     assert len({p.config.align.alias for p in sw.points}) == 12
 
 
+@pytest.mark.slow
 def test_sweep_runs_points_in_workers_records_failures_and_summarises_seeds(tmp_path):
     cache = tmp_path / "cache"
     rc, err, pid = _sweep(
@@ -103,6 +104,7 @@ def test_sweep_runs_points_in_workers_records_failures_and_summarises_seeds(tmp_
     assert len(_table(tmp_path / "cmp" / "comparison.csv")) == 2
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_path):
     # One dataset folder for both caches: equal image lists give equal cache keys in both.
     args = [
@@ -155,6 +157,7 @@ def test_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_path):
     ],
     ids=["unknown-key", "empty-axis", "zip-lengths", "bad-value", "no-scheduler"],
 )
+@pytest.mark.slow
 def test_bad_sweep_input_is_one_line_and_writes_nothing(tmp_path, extra, expected):
     if "sweep.backend=dask" in extra:
         pytest.importorskip("distributed")
@@ -163,6 +166,7 @@ def test_bad_sweep_input_is_one_line_and_writes_nothing(tmp_path, extra, expecte
     assert not (tmp_path / "sw").exists()
 
 
+@pytest.mark.slow
 def test_dask_backend_runs_points_on_a_local_cluster_of_worker_processes(tmp_path):
     pytest.importorskip("distributed")
     rc, err, pid = _sweep(

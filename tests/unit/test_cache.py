@@ -200,6 +200,7 @@ def test_import_npy_export_npy_roundtrip(tmp_path):
     assert paths[2].read_text().splitlines() == names
 
 
+@pytest.mark.slow
 def test_import_geoalign_folder_and_export_back(tmp_path):
     root = tmp_path / "feats_test" / "dinov3_vith16plus"
     rng = np.random.default_rng(1)

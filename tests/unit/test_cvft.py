@@ -145,6 +145,7 @@ def _train_transport_on_permutation(perm: np.ndarray, bias_init: str, seed: int)
     return float((t.argmax(dim=1).numpy() == perm).mean())
 
 
+@pytest.mark.slow
 def test_trained_transport_recovers_a_known_permutation():
     rng = np.random.default_rng(0)
     # The reference init can never select a diagonal entry (see above): use a derangement for it.

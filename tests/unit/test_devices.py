@@ -43,6 +43,7 @@ def test_cuda_without_cuda_is_an_error_naming_the_setting_unless_a_fallback_is_a
         assert resolve_device("cuda", "retrieve.device", cuda_fallback=True) == torch.device("cpu")
 
 
+@pytest.mark.slow
 @no_cuda
 def test_extract_with_cuda_on_a_cpu_machine_is_one_line_naming_backbone_device(tmp_path: Path):
     for k in range(2):

@@ -184,6 +184,7 @@ README_PARAMS_M = {
 }
 
 
+@pytest.mark.slow
 def test_variants_follow_meta_rules():
     assert list(VARIANTS) == [
         "dinov3_vits16",
@@ -233,6 +234,7 @@ def test_arch_overrides_recompute_ffn_and_are_checked():
 # Numerics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TINY))
 def test_layers_match_independent_meta_forward(name, tmp_path):
     backbone = _tiny(name)
@@ -268,6 +270,7 @@ def test_layer_equals_transformers_hidden_state_plus_final_norm(name):
     torch.testing.assert_close(got[backbone.depth - 1], out.last_hidden_state, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TINY))
 def test_meta_pth_and_hf_folder_load_identically(name, tmp_path):
     backbone = _tiny(name)
@@ -351,6 +354,7 @@ def test_batch_items_are_independent():
     torch.testing.assert_close(together[1:2], alone, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_random_init_is_deterministic_by_seed_and_leaves_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)

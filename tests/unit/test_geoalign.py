@@ -86,6 +86,7 @@ def test_state_dict_has_release_layout():
     assert not [k for k in sd if ".ffn.net." in k and k.split(".ffn.net.")[1][0] not in "03"]
 
 
+@pytest.mark.slow
 def test_eval_gate_equals_per_sample_reference():
     model = small_model(1)
     moe = model.moe_layer
@@ -319,6 +320,7 @@ def test_resume_from_epoch_k_matches_uninterrupted(tmp_path):
         train_stream1(sat, dro, cfg.replace(lr=5e-4), opts=TrainerOptions(seed=3, state=state))
 
 
+@pytest.mark.slow
 def test_stream1_training_beats_raw_descriptors():
     sat, sl, dro, dl = synthetic()
     raw = r_at_1(dro, dl, sat, sl)

@@ -4,6 +4,7 @@ TYPE_CHECKING alike) runs down a floor or stays on its own, and no two modules i
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +68,7 @@ def floor_of(module: str) -> int:
     return FLOORS.index(module.split(".")[1])
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     files = package_files()
     known = set(files)

@@ -189,6 +189,7 @@ def test_streaming_matches_reference(protocol, chunk_rows):
     _check_against_reference(metrics, res, q, ql, g, gl, protocol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("block_size", [1, 5, 17])
 def test_query_blocks_do_not_change_results(protocol, block_size):
@@ -371,6 +372,7 @@ def test_top_k_orders_equal_scores_by_gallery_row(chunk_rows):
     np.testing.assert_allclose(res.topk_scores, [[0.9, 0.5, 0.5, 0.5]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_rows", [None, 2])
 def test_no_query_has_a_positive(chunk_rows):
     q, _, g, gl = make_labelled(9)

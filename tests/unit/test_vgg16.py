@@ -53,6 +53,7 @@ def reference_forward(state: dict[str, torch.Tensor], x: torch.Tensor, cvft: boo
     return x
 
 
+@pytest.mark.slow
 def test_full_model_pth_loads_and_matches_functional_forward(tmp_path):
     state = random_torchvision_state()
     path = tmp_path / "vgg16.pth"
@@ -69,6 +70,7 @@ def test_full_model_pth_loads_and_matches_functional_forward(tmp_path):
     assert model.forward_maps(x, cvft=False).shape[-2:] == (2, 4)
 
 
+@pytest.mark.slow
 def test_features_only_and_safetensors_load_the_same_weights(tmp_path):
     state = random_torchvision_state()
     feats = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
@@ -137,6 +139,7 @@ def _conv5_map_size(image_size: tuple[int, int], pool: str = "ceil") -> tuple[in
     return VGGModel(cfg, torch.device("cpu"), "float32").row_shape("conv5_3", image_size)[1:]
 
 
+@pytest.mark.slow
 def test_cvft_input_sizes_give_expected_conv5_maps():
     assert CVFT_GROUND_SIZE == (112, 616) and CVFT_AERIAL_SIZE == (256, 256)
     assert _conv5_map_size(CVFT_GROUND_SIZE) == (7, 39)  # TF 'SAME' pooling, as CVFT's code
@@ -169,6 +172,7 @@ def test_pooled_descriptors_are_unit_norm_and_max_is_global_max():
         model.forward_maps(x, "conv6_1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool", ["ceil", "floor"])
 def test_extraction_model_runs_this_stack_once_for_several_layers(pool):
     """The extraction's VGGModel gives, for every requested layer, this module's maps of that layer
