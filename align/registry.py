@@ -173,7 +173,9 @@ def validate_params(method: Method, params: dict) -> None:
     owners = [method] + [m for m in METHODS.all() if m is not method and m.params is not None]
     for k, v in params.items():
         section = next((t for m in owners if dataclasses.is_dataclass(t := _section_type(m.params, k))), None)
-        if section is not None and isinstance(v, dict):
+        if section is not None:
+            if not isinstance(v, dict):
+                raise UserError(f"align.params.{k} must be a mapping of keys, got {v!r}; set its keys as align.params.{k}.KEY=VALUE")
             from_dict(section, v, f"align.params.{k}")  # a section's keys and values, checked as the config's
         choices = fields[k].metadata.get("choices") if k in fields else None
         if choices and v not in choices:

@@ -146,10 +146,10 @@ def test_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_path):
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        (["--grid", "align.params.isms.epoch=[1,2]"], "did you mean 'align.params.isms.epochs'"),
+        (["--grid", "align.stream1_layr=[1,2]"], "did you mean 'align.stream1_layer'"),
         (["--grid", "seed=[]"], "sweep axis seed is empty"),
         (["--zip", "seed=[0,1]", "--zip", "align.params.isms.lr=[0.1]"], "same number of values"),
-        (["--grid", "align.params.isms.epochs=[3,many]"], "align.params.isms.epochs must be an integer"),
+        (["--grid", "align.stream1_layer=[3,many]"], "align.stream1_layer must be an integer"),
         (
             ["--grid", "seed=[0,1]", "sweep.backend=dask", "sweep.scheduler=tcp://127.0.0.1:9", "sweep.timeout=1"],
             "cannot reach the Dask scheduler",
