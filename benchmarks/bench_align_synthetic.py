@@ -10,7 +10,7 @@ python benchmarks/bench_align_synthetic.py [--quick] [--transductive] [--select]
     generator's oracle (the true distortion applied to each satellite: a ceiling for reference).
 
 python benchmarks/bench_align_synthetic.py isms-curve [--u1652-size --dim 256] [--epochs 50] [--every 5]
-    ISMS convergence: trains ISMS once (align.isms.train_isms, what the stage calls) and evaluates
+    ISMS convergence: trains ISMS once (``cvgl.align.isms.train_isms``, what the stage calls) and evaluates
     the model handed to save_state after epochs 1, 2, 3 and every --every: loss terms, R@1/AP of
     the ISMS descriptors on the test split, and the correlation of its pairwise similarities with
     the final model's. --u1652-size: 701 satellites + 37,854 drones per split (38,555 training rows,
@@ -98,8 +98,8 @@ def config_for(method: str, args, layers, out: Path, params: dict, eval_name: st
         ]
     if alias:
         ov.append(f"align.alias={alias}")
-    if params:
-        ov.append("align.params=" + json.dumps(params))
+    if params:  # ISMS's part stays: it is align.params.isms
+        ov.append("align.params=" + json.dumps({**params, "isms": {"out_dim": args.dim}}))
     return load_config(None, ov)
 
 

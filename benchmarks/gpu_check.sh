@@ -80,8 +80,8 @@ if [ "$smoke" = 1 ]; then
         "dataset.synthetic.n_locations=4" "dataset.synthetic.n_distractors=2"
         "dataset.synthetic.views_per_location=2" "dataset.synthetic.size=64" "preprocess.resize=64"
         "backbone.arch={depth: 2, hidden_size: 32, num_heads: 2}" "backbone.layers=[0,1]"
-        "align.isms.out_dim=16" "align.isms.epochs=2" "align.isms.batch_size=8"
-        "align.params={epochs: 2, vec_dim: 32}" "extract.batch_size=4" "sweep.n_jobs=2"
+        "align.params.isms={out_dim: 16, epochs: 2, batch_size: 8}"
+        "align.params.epochs=2" "align.params.vec_dim=32" "extract.batch_size=4" "sweep.n_jobs=2"
     )
 else
     step pytest 90 "$py" -m pytest -q -p no:cacheprovider -m gpu tests

@@ -136,6 +136,7 @@ def _make_denseuav(root: Path, n_loc: int = 6) -> None:
     (root / "Dense_GPS_ALL.txt").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 def test_denseuav_run_reports_gps_metrics_and_bad_gps_input_is_one_line(tmp_path):
     root = tmp_path / "DenseUAV"
     _make_denseuav(root)

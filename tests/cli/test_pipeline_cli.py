@@ -23,7 +23,7 @@ def test_demo_end_to_end_then_second_demo_reuses_every_entry(tmp_path):
     cache = tmp_path / "cache"
     # The demo's stream 1 / EM-CVGL schedule shortened for the test (an align.params override); the
     # second table (synthetic descriptors) has a test of its own below.
-    small = ["--no-world", *TINY, "align.params={epochs: 3, vec_dim: 64}"]
+    small = ["--no-world", *TINY, "align.params.epochs=3", "align.params.vec_dim=64"]
     p = cli("demo", *small, "out=first", cache=cache, cwd=tmp_path, timeout=900)
     assert p.returncode == 0, p.stderr
     assert "randomly initialised" in p.stdout and "R@1" in p.stdout

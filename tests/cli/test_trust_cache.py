@@ -42,6 +42,7 @@ def _alias(cache: Path, name: str) -> Path:
     return cache / "aliases" / name
 
 
+@pytest.mark.slow
 def test_rm_of_an_alias_holding_an_empty_line_keeps_every_entry_and_exits_2(cache, tmp_path):
     before = _entry_dirs(cache)
     _alias(cache, GALLERY).write_text("\n")

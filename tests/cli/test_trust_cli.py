@@ -43,6 +43,7 @@ def test_usage_error_is_one_line_naming_it_and_exit_2(tmp_path, args, named):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["extract", "--help"], ["cache", "show", "--help"]])
 def test_help_still_prints_usage_and_exits_0(tmp_path, args):
     p = cli(*args, cache=tmp_path / "c", cwd=tmp_path, quiet=False)

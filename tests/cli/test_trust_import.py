@@ -237,6 +237,7 @@ IMPORT_REFUSALS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(IMPORT_REFUSALS))
 def test_import_refuses_what_it_cannot_hold_in_one_line_and_caches_nothing(tmp_path, case):
     make, expected = IMPORT_REFUSALS[case]

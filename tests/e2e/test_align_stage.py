@@ -38,11 +38,8 @@ NAME = "syn"
 LAYERS = (1, 2)
 DIM = 16
 # Small enough for seconds; the stream-1 adapter is 16 → 32 with 8 chunks of 4 (nhead 4 → 1 per head).
-TINY = [
-    "align.params.isms.out_dim=8",
-    "align.params.isms.epochs=3",
-    "align.params.isms.batch_size=16",
-]
+ISMS_PARAMS = {"out_dim": 8, "epochs": 3, "batch_size": 16}
+TINY = ["align.params.isms=" + json.dumps(ISMS_PARAMS)]
 EPOCHS = {"epochs": 4}
 METHODS = ("isms", "geoalign", "fusion", "emcvgl", "supervised")
 
@@ -73,7 +70,7 @@ def config(
     )
     p = dict(EPOCHS) if params is None else params
     if p:
-        ov.append("align.params=" + json.dumps(p))
+        ov.append("align.params=" + json.dumps({**p, "isms": ISMS_PARAMS}))
     return load_config(None, ov + list(extra))
 
 
@@ -97,6 +94,7 @@ def one_line_error(excinfo) -> str:
 # ------------------------------------------------------------------------------------------ chaining
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_method_writes_entries_chained_to_parents_and_rerun_reuses(tmp_path, method):
     store = make_store(tmp_path / "cache")
@@ -131,6 +129,7 @@ def test_method_writes_entries_chained_to_parents_and_rerun_reuses(tmp_path, met
     assert not {a.key for a in other} & {a.key for a in out}
 
 
+@pytest.mark.slow
 def test_fusion_is_normalized_concat_of_stream1_and_isms_and_export_loads(tmp_path):
     store = make_store(tmp_path / "cache")
     out, run = align(config("fusion", tmp_path / "run"), store)
@@ -160,6 +159,7 @@ def test_fusion_is_normalized_concat_of_stream1_and_isms_and_export_loads(tmp_pa
 @pytest.mark.parametrize(
     "method,default", [("geoalign", {"match_on": "similarity"}), ("emcvgl", {"init": "isometric"})]
 )
+@pytest.mark.slow
 def test_key_follows_the_trainer_config_not_the_spelling_of_params(tmp_path, method, default):
     """Spelling out a default gives the same entries; changing it gives new ones. The key covers the
     resolved trainer config, so entries trained under an older default are never reused."""
@@ -179,6 +179,7 @@ def _weights(run_path: Path, name: str) -> bytes:
     return (run_path / f"{name}.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,ckpt", [("geoalign", "stream1"), ("isms", "isms"), ("emcvgl", "emcvgl")])
 def test_same_seed_same_checkpoint_bytes_other_seed_differs(tmp_path, method, ckpt):
     runs = []
@@ -202,6 +203,7 @@ class Killed(RuntimeError):
     "method,model,stop",
     [("geoalign", "stream1", 3), ("isms", "isms", 2), ("fusion", "stream1", 2), ("emcvgl", "emcvgl", 2)],
 )
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, method, model, stop):
     ref_store = make_store(tmp_path / "ref")
     ref_out, ref_run = align(config(method, tmp_path / "ref_run"), ref_store)
@@ -241,6 +243,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, method, m
     assert (run.path / "history.jsonl").read_text() == (ref_run.path / "history.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_sigkilled_pipeline_align_resumes_to_the_uninterrupted_result(tmp_path):
     epochs = 25
     params = {"epochs": epochs}
@@ -356,6 +359,7 @@ def test_unknown_params_key_names_the_closest(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_pipeline_align_bad_params_is_one_line_exit_2(tmp_path):
     store = make_store(tmp_path / "cache")
     before = entries_of(store)

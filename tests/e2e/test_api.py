@@ -60,6 +60,7 @@ class Recorder:
         self.epochs.append((desc, epoch, epochs))
 
 
+@pytest.mark.slow
 def test_stages_report_through_one_progress_and_return_entries_and_metrics(tmp_path):
     cache = tmp_path / "cache"
     cfg = pipeline.load_config(
@@ -86,6 +87,7 @@ def test_stages_report_through_one_progress_and_return_entries_and_metrics(tmp_p
     assert again.metrics is None and not again.aligned
 
 
+@pytest.mark.slow
 def test_open_entry_by_alias_or_key_streams_the_same_rows_it_reads(tmp_path, tiny_config):
     cache = tmp_path / "cache"
     pipeline.extract(tiny_config, cache_dir=cache)
@@ -200,6 +202,7 @@ def test_progress_into_a_pipe_is_plain_lines_not_bars(tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
 
 
+@pytest.mark.slow
 def test_an_error_into_a_pipe_is_still_one_line(tmp_path):
     p = _loud("retrieve", "demo", *TINY, "query=absent", "gallery=absent", cache=tmp_path / "c", cwd=tmp_path)
     assert "absent" in one_error_line(p)

@@ -47,6 +47,7 @@ def test_each_variant_caches_both_views_and_evaluates_under_cvft(tmp_path, metho
     assert all(e.reused for e in run_alignment(cfg, store, RunFolder(cfg, "align")))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_descriptors(tmp_path):
     a, b = CacheStore(tmp_path / "a"), CacheStore(tmp_path / "b")
     for s in (a, b):

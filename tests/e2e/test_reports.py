@@ -167,6 +167,7 @@ def _count(pixels: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> int:
     return int((np.abs(pixels - rgb).sum(1) < tol).sum())
 
 
+@pytest.mark.slow
 def test_report_renders_thumbnails_with_green_and_red_borders_in_chromium(tmp_path):
     store = _entries(tmp_path, images=True)
     _run(store, tmp_path / "run", "retrieve.topk=8", "retrieve.report_queries=4")

@@ -208,6 +208,7 @@ def test_variants_follow_meta_rules():
         assert (cfg.layer_norm_eps, cfg.rope_theta) == (1e-5, 100.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(README_PARAMS_M))
 def test_full_size_parameter_counts_match_meta_readme(name):
     from transformers import DINOv3ViTModel
