@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.io
 from cvgl.cache.array_files import load_npy
-from cvgl.cache.importers import import_any
+from cvgl.cache.interop import import_any
 from cvgl.cache.store import CacheStore
 from cvgl.core.errors import UserError
 from cvgl.core.memory import check_fits_in_memory
