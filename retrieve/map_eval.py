@@ -197,9 +197,9 @@ def write_map_report(
     thumb: int,
 ) -> Path:
     """``report.html``: the metrics, map.png, and the worst frames (largest error) beside their top-K tiles."""
+    from cvgl.retrieve.image_roots import image_root
     from cvgl.retrieve.map_plot import crop_tile
     from cvgl.retrieve.reports import _CSS, _thumb
-    from cvgl.retrieve.runner import image_root
 
     q_root = image_root(store, qe.manifest)
     tiles_dir = out_dir / "tiles"

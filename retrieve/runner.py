@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cvgl.cache.manifest import Manifest, read_manifest
 from cvgl.cache.store import CacheStore, Entry
 from cvgl.configs.schema import Config
 from cvgl.core.atomic import atomic_path, write_json_atomic
@@ -29,6 +28,7 @@ from cvgl.core.errors import UserError
 from cvgl.core.run_folder import RunFolder
 from cvgl.datasets.naming import default_retrieval_pair
 from cvgl.retrieve.baseline import Baseline
+from cvgl.retrieve.image_roots import image_root
 from cvgl.retrieve.indexes import l2_normalize_rows
 from cvgl.retrieve.metrics import QueryResults
 
@@ -50,24 +50,6 @@ def resolve_topk(topk: int | None, n_rankable: int, gallery: str) -> int:
             f"lower retrieve.topk to at most {n_rankable}"
         )
     return int(topk)
-
-
-def image_root(store: CacheStore, manifest: Manifest, depth: int = 0) -> Path | None:
-    """The dataset root an entry's names are relative to: its ``extra.root``, else its parents' (aligned
-    entries); None when there is none or it is gone (imported arrays, a moved dataset)."""
-    root = manifest.extra.get("root")
-    if root:
-        p = Path(root)
-        return p if p.is_dir() else None
-    if depth < 4:
-        for parent in manifest.parents:
-            try:
-                pm = read_manifest(store.entry_dir(parent))
-            except (OSError, ValueError, KeyError, TypeError):
-                pm = None
-            if pm is not None and (found := image_root(store, pm, depth + 1)) is not None:
-                return found
-    return None
 
 
 def run_retrieval(
