@@ -218,6 +218,7 @@ class RetrieveConfig:
     # University-160k submission: top-10 gallery ids per query, tab-separated (relative = in the run folder)
     answer: str | None = None
     answer_order: str | None = None  # the challenge's query_drone_name.txt; None = the query entry's order
+    answer_overwrite: bool = False  # let retrieve.answer replace an existing file (default: a new file only)
     # one query per location: the mean of its L2-normalized views, re-normalized (University-1652 --multi)
     multi_query: bool = False
     geo: bool = False  # GPS metrics (SDM@K, MA@<m>m, metres to the top-1) from dataset positions

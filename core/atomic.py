@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cvgl.core.diskspace import disk_full_is_user_error
+from cvgl.core.errors import UserError
 
 
 def temp_path(path: Path) -> Path:
@@ -107,3 +108,36 @@ def write_json_atomic(path: Path, obj: Any, *, indent: int | None = 2) -> None:
     the earlier file as it was and no temporary file.
     """
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def write_new_text(path: Path, text: str, *, replace: bool, option: str, overwrite_option: str) -> None:
+    """:func:`write_text_atomic` that, unless ``replace``, never replaces a file that exists by then.
+
+    The whole file is written under a temporary name and then hard-linked to ``path``, which fails if
+    ``path`` exists (no check-then-write race); where hard links are not supported it falls back to a
+    check and a rename. A refusal is one line naming ``option`` and ``overwrite_option``.
+    """
+    path = Path(path)
+    if replace:
+        write_text_atomic(path, text)
+        return
+    refused = UserError(f"{option}: {path} exists; give the path of a new file, or set {overwrite_option} to replace it")
+    tmp = temp_path(path)
+    try:
+        with disk_full_is_user_error(path, tmp):
+            tmp.unlink(missing_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(text.encode("utf-8"))
+            _fsync_file(tmp)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise refused from None
+            except OSError:
+                if os.path.lexists(path):
+                    raise refused from None
+                os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)

@@ -26,6 +26,7 @@ from cvgl.core.atomic import write_json_atomic, write_text_atomic
 from cvgl.core.diskspace import disk_full_is_user_error
 from cvgl.core.errors import UserError
 from cvgl.core.path_errors import require_writable_folder
+from cvgl.core.outputs import CHECKPOINT_NAMES, MODEL_INDEX, RESULT_DIRS, RESULT_FILES, check_apart, run_folder_names
 
 _PACKAGES = (
     "cvgl-pipeline",
@@ -49,19 +50,12 @@ def versions() -> dict[str, str]:
     return out
 
 
-# What a run of this tool writes into its folder (and into a retrieval's output subfolder). A rerun into
-# the same out= folder removes these, and only these, from the earlier run before it starts: a failed
-# rerun must not leave the earlier results beside its "failed" status.
-_RESULT_FILES = (
-    "metrics.json",
-    "per_query.csv",
-    "recall_curve.png",
-    "report.html",
-    "history.jsonl",
-    "stream1_geoalign.t",
-)
-_RESULT_DIRS = ("thumbs",)
-_CHECKPOINT_NAMES = ("isms", "stream1", "emcvgl", "cvft", "vgg_conv", "vgg_gp")
+# What a run of this tool writes into its folder (and into a retrieval's output subfolder) is listed in
+# core/outputs.py. A rerun into the same out= folder removes those results, and only those, from the
+# earlier run before it starts: a failed rerun must not leave the earlier results beside its "failed" status.
+_RESULT_FILES = RESULT_FILES
+_RESULT_DIRS = RESULT_DIRS
+_CHECKPOINT_NAMES = CHECKPOINT_NAMES
 
 
 def _remove_earlier_results(folder: Path) -> list[str]:
@@ -72,8 +66,15 @@ def _remove_earlier_results(folder: Path) -> list[str]:
     metrics.json or a report), and such subfolders once empty. Any other file stays.
     """
     removed: list[str] = []
+    if (folder / MODEL_INDEX).exists():
+        # A trained model's folder in the cache (its files have the names a run removes): never touched.
+        return removed
 
     def clean(d: Path) -> None:
+        answer = _earlier_answer(d)
+        if answer is not None:
+            answer.unlink(missing_ok=True)
+            removed.append(str(answer))
         for name in _RESULT_FILES:
             p = d / name
             if p.is_file() or p.is_symlink():
@@ -104,6 +105,31 @@ def _remove_earlier_results(folder: Path) -> list[str]:
             with contextlib.suppress(OSError):
                 sub.rmdir()  # only when nothing else is left in it
     return removed
+
+
+def _earlier_answer(folder: Path) -> Path | None:
+    """The answer file (``retrieve.answer``) the earlier run wrote inside ``folder``, per its metrics.json.
+
+    Only a regular file that lies inside ``folder`` counts: an answer written elsewhere (an absolute
+    path) is the user's to keep, and a rerun must be told to replace it.
+    """
+    try:
+        info = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        answer = info.get("answer") if isinstance(info, dict) else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(answer, str) or not answer:
+        return None
+    p = Path(answer)  # recorded resolved, hence absolute
+    try:
+        base, target = folder.resolve(), p.resolve()
+    except (OSError, RuntimeError):
+        return None
+    if not p.is_absolute() or target == base or not target.is_relative_to(base):
+        return None
+    if p.is_symlink() or not p.is_file() or target.name in run_folder_names():
+        return None
+    return p
 
 
 def _earlier_model_files(folder: Path) -> list[str]:
@@ -140,6 +166,9 @@ class RunFolder:
                 path = Path("runs") / f"{stage}-{stamp}-{i}"
                 i += 1
         self.path = path
+        if cache_root is not None and not self.scratch:
+            # A run folder in the cache would remove the cache's own files on its next run.
+            check_apart(self.path, cache_root)
         with disk_full_is_user_error(self.path):
             require_writable_folder(
                 self.path, "the run folder", "set out= to a folder you can write (or run from one)"

@@ -122,8 +122,9 @@ def run_retrieval(
             raise UserError("retrieve.multi_query needs labelled locations; it does not apply to protocol=cvft")
         q_desc, q_labels, q_names = multi_query(q_desc, q_labels, q_names)
     answer_order = None
+    answer_file: Path | None = None
     if rc.answer:  # checked before the expensive pass: a wrong order file fails fast
-        from cvgl.retrieve.submission import ANSWER_TOPK, answer_rows
+        from cvgl.retrieve.submission import ANSWER_TOPK, answer_path, answer_rows
 
         if topk < min(ANSWER_TOPK, n_rankable):
             raise UserError(
@@ -131,6 +132,7 @@ def run_retrieval(
                 f"leave retrieve.topk unset or set it to {ANSWER_TOPK} or more"
             )
         answer_order = answer_rows(rc.answer_order, q_names)
+        answer_file = answer_path(rc.answer, out_dir, overwrite=rc.answer_overwrite)
 
     folder_base = None
     if rc.baseline not in ("raw", "none"):  # read before the expensive pass: a wrong folder fails fast
@@ -205,9 +207,11 @@ def run_retrieval(
     if rc.multi_query:
         metrics["multi_query"] = {"views": int(n_views), "queries": int(q_desc.shape[0])}
     if answer_order is not None:
-        from cvgl.retrieve.submission import answer_path, write_answer
+        from cvgl.retrieve.submission import write_answer
 
-        metrics["answer"] = str(write_answer(answer_path(rc.answer, out_dir), answer_order, lists[0], g_names))
+        metrics["answer"] = str(
+            write_answer(Path(str(answer_file)), answer_order, lists[0], g_names, overwrite=rc.answer_overwrite)
+        )
     if positions is not None:  # from the exact (or re-ranked) lists, like every other metric
         from cvgl.retrieve.geo import geo_metrics
 

@@ -24,9 +24,10 @@ import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from cvgl.core.atomic import atomic_path
+from cvgl.core.atomic import write_new_text
 from cvgl.core.errors import UserError
 from cvgl.core.path_errors import read_text_file
+from cvgl.core.outputs import output_file, run_folder_names
 
 ANSWER_TOPK = 10
 
@@ -116,20 +117,38 @@ def satellite_id(name: str) -> str:
     return os.path.splitext(PurePosixPath(name.replace("\\", "/")).name)[0]
 
 
-def write_answer(path: Path, rows: np.ndarray, topk: np.ndarray, g_names: list[str]) -> Path:
+def write_answer(
+    path: Path, rows: np.ndarray, topk: np.ndarray, g_names: list[str], *, overwrite: bool = False
+) -> Path:
     """Write ``answer.txt``: for each query row in ``rows``, its top-10 satellite ids, tab-separated.
 
-    Written to a temporary name and renamed, so an interrupted run leaves no partial answer file.
+    ``path`` comes from :func:`answer_path`. Written to a temporary name and renamed, so an interrupted
+    run leaves no partial answer file; without ``overwrite`` a file that appeared at ``path`` meanwhile
+    is kept and the write is refused.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="\n") as f:
-        for r in rows:
-            ids = [satellite_id(g_names[j]) for j in topk[r][:ANSWER_TOPK] if j >= 0]
-            f.write("\t".join(ids) + "\n")
+    text = "".join(
+        "\t".join(satellite_id(g_names[j]) for j in topk[r][:ANSWER_TOPK] if j >= 0) + "\n" for r in rows
+    )
+    try:
+        write_new_text(path, text, replace=overwrite, option="retrieve.answer", overwrite_option=ANSWER_OVERWRITE)
+    except OSError as e:
+        raise UserError(f"retrieve.answer={path} cannot be written ({e.strerror or e}); give a path you can write to") from None
     return path
 
 
-def answer_path(answer: str, out_dir: Path) -> Path:
-    """``retrieve.answer``: a relative path is inside the run's output folder."""
-    p = Path(answer).expanduser()
-    return p if p.is_absolute() else out_dir / p
+#: The setting that lets ``retrieve.answer`` replace an existing file.
+ANSWER_OVERWRITE = "retrieve.answer_overwrite=true"
+
+
+def answer_path(answer: str, out_dir: Path, *, overwrite: bool = False) -> Path:
+    """``retrieve.answer`` checked by the one rule for outputs (core/outputs.py): a relative path is
+    inside the run's output folder, an existing file needs ``retrieve.answer_overwrite=true``, and the
+    tool's own file names in that folder are refused."""
+    return output_file(
+        answer,
+        out_dir,
+        option="retrieve.answer",
+        overwrite=overwrite,
+        overwrite_option=ANSWER_OVERWRITE,
+        reserved=run_folder_names(),
+    )
