@@ -27,6 +27,7 @@ layout), else -1 (unknown).
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path, PurePosixPath
 
@@ -232,24 +233,30 @@ def _mat_side(entry: Entry, side: str | None) -> str:
     raise UserError(f"cannot tell whether {entry.label} is the query or the gallery side; pass --view query|gallery")
 
 
-def export_u1652_mat(entry: Entry, out: Path, *, side: str | None = None) -> Path:
+def export_u1652_mat(entry: Entry, out: Path, *, side: str | None = None, overwrite: bool = False) -> Path:
     """Write ``entry`` as one side (``query_*`` or ``gallery_*``) of ``<out>/pytorch_result.mat``.
 
     The other side of an existing file is kept, so a query export and a gallery export into one folder
-    give the complete file University-1652's ``evaluate_gpu.py`` reads. Written to a temporary name and
-    renamed: a reader never sees a half-written file.
+    give the complete file University-1652's ``evaluate_gpu.py`` reads. A file that already holds this
+    side is replaced only with ``overwrite`` (``--overwrite``); anything at that name but a regular file
+    is refused. Written to a temporary name and renamed: a reader never sees a half-written file.
     """
     import scipy.io
 
     s = _mat_side(entry, side)
-    desc, labels, names = entry.read()
-    out.mkdir(parents=True, exist_ok=True)
     target = out / MAT_FILE
     data: dict[str, np.ndarray] = {}
-    if target.exists():
+    if os.path.lexists(target):
+        if not target.is_file():
+            raise UserError(f"--out: {target} exists and is not a regular file; move it away or choose another folder")
         old = _loadmat(target)
+        if any(k.startswith(f"{s}_") for k in old) and not overwrite:
+            raise UserError(
+                f"--out: {target} already holds a {s} side; choose another folder, or add --overwrite to replace that side"
+            )
         other = [k for k in old if not k.startswith("__") and not k.startswith(f"{s}_")]
         data.update({k: old[k] for k in other})
+    desc, labels, names = entry.read()
     data[f"{s}_f"] = np.ascontiguousarray(desc.reshape(desc.shape[0], -1), dtype=np.float32)
     data[f"{s}_label"] = np.asarray(labels, np.int64)
     # savemat pads a list of strings into a char matrix; the reader strips the padding again.

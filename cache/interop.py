@@ -26,6 +26,7 @@ from cvgl.cache.positions import entry_positions
 from cvgl.cache.store import CacheStore, Entry
 from cvgl.core.atomic import atomic_path, write_text_atomic
 from cvgl.core.errors import UserError
+from cvgl.core.outputs import new_file_only, writable_folder
 from cvgl.datasets.positions import positions_csv_text
 
 
@@ -88,11 +89,34 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         write(fh)
 
 
-def export_entry(store: CacheStore, ref: str, *, fmt: str, out: Path, view: str | None = None) -> list[Path]:
+#: How ``cache export`` is allowed to replace files that exist in ``--out``.
+EXPORT_OVERWRITE = "--overwrite"
+
+
+def export_entry(
+    store: CacheStore, ref: str, *, fmt: str, out: Path, view: str | None = None, overwrite: bool = False
+) -> list[Path]:
     """Write an entry as plain arrays (``npy``) or GeoAlign's torch-saved layout (``geoalign``); an entry
-    with positions (map tiles, located photos) also gets ``positions.csv`` beside them."""
-    paths = _export_arrays(store, ref, fmt=fmt, out=out, view=view)
-    return paths + export_positions_csv(store, store.open(ref), out)
+    with positions (map tiles, located photos) also gets ``positions.csv`` beside them.
+
+    ``out`` is a folder (created if needed). The files written in it must be new unless ``overwrite``
+    (the rule for outputs in core/outputs.py); only regular files are ever replaced.
+    """
+    if fmt not in ("npy", "geoalign", "mat"):
+        raise UserError(f"unknown export format {fmt!r}; use npy, geoalign or mat")
+    entry = store.open(ref)
+    writable_folder(out, what="--out")
+    if entry_positions(store, entry) is not None:
+        new_file_only(out / "positions.csv", option="--out", overwrite_option=EXPORT_OVERWRITE, overwrite=overwrite)
+    try:
+        paths = _export(store, entry, fmt=fmt, out=out, view=view, overwrite=overwrite)
+        return paths + export_positions_csv(store, entry, out)
+    except OSError as e:
+        if e.filename is None:
+            raise
+        raise UserError(
+            f"--out {out}: {e.filename} cannot be written ({e.strerror or e}); give a folder you can write to"
+        ) from None
 
 
 def export_positions_csv(store: CacheStore, entry: Entry, out: Path) -> list[Path]:
@@ -106,10 +130,16 @@ def export_positions_csv(store: CacheStore, entry: Entry, out: Path) -> list[Pat
     return [path]
 
 
-def _export_arrays(store: CacheStore, ref: str, *, fmt: str, out: Path, view: str | None = None) -> list[Path]:
+def _export(store: CacheStore, entry: Entry, *, fmt: str, out: Path, view: str | None, overwrite: bool) -> list[Path]:
     if fmt == "mat":  # one side of University-1652's pytorch_result.mat (cache/formats.py)
-        return [export_u1652_mat(store.open(ref), out, side=view)]
-    entry = store.open(ref)
+        return [export_u1652_mat(entry, out, side=view, overwrite=overwrite)]
+    if fmt == "geoalign":
+        v = _geoalign_view(entry, view)
+        targets = [out / f"{v}_feat", out / f"{v}_id", out / f"{v}_name"]
+    else:
+        targets = [out / "descriptors.npy", out / "labels.npy", out / "names.txt"]
+    for t in targets:  # before anything is read or written
+        new_file_only(t, option="--out", overwrite_option=EXPORT_OVERWRITE, overwrite=overwrite)
     desc, labels, names = entry.read()
     if fmt == "npy":
         # names.txt holds one name per line: a name with a line break cannot be written so that it
@@ -120,7 +150,6 @@ def _export_arrays(store: CacheStore, ref: str, *, fmt: str, out: Path, view: st
                 f"name {broken} of {entry.label} ({names[broken]!r}) holds a line break, which names.txt "
                 "(one name per line) cannot hold; export with --format geoalign instead"
             )
-    out.mkdir(parents=True, exist_ok=True)
     if fmt == "npy":
         paths = [out / "descriptors.npy", out / "labels.npy", out / "names.txt"]
         _write_atomic(paths[0], lambda fh: np.save(fh, desc))
@@ -130,8 +159,7 @@ def _export_arrays(store: CacheStore, ref: str, *, fmt: str, out: Path, view: st
     if fmt == "geoalign":
         import torch
 
-        v = _geoalign_view(entry, view)
-        paths = [out / f"{v}_feat", out / f"{v}_id", out / f"{v}_name"]
+        paths = targets
         objs = (torch.from_numpy(desc.reshape(desc.shape[0], -1)), torch.from_numpy(labels), list(names))
         for p, obj in zip(paths, objs):
             # torch names the records inside its zip after the file name up to its last dot: the
@@ -139,4 +167,4 @@ def _export_arrays(store: CacheStore, ref: str, *, fmt: str, out: Path, view: st
             with atomic_path(p, tmp=p.with_name(f"{p.name}.tmp-{os.getpid()}")) as tmp:
                 torch.save(obj, tmp)
         return paths
-    raise UserError(f"unknown export format {fmt!r}; use npy, geoalign or mat")
+    raise AssertionError(fmt)

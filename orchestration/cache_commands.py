@@ -127,12 +127,15 @@ def cache_commands(open_store: Callable[[], CacheStore], say: Callable[[str], No
         view: str | None = typer.Option(
             None, "--view", help="geoalign: sat or dro (default: from the entry's view)."
         ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace files of the same names in --out (default: only new files are written)."
+        ),
     ) -> None:
         """Export an entry as descriptors.npy + labels.npy + names.txt, or in GeoAlign's layout; an entry
         with positions (map tiles, located photos) also gets positions.csv."""
         from cvgl.cache.interop import export_entry
 
-        for p in export_entry(open_store(), ref, fmt=fmt, out=dest, view=view):
+        for p in export_entry(open_store(), ref, fmt=fmt, out=dest, view=view, overwrite=overwrite):
             say(f"wrote {p}")
 
     return app
