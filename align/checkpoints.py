@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from cvgl.core.atomic import atomic_path, write_bytes_atomic
 from cvgl.core.diskspace import disk_full_is_user_error
+from cvgl.core.outputs import MODEL_INDEX as _MODEL_INDEX
 from safetensors.torch import save
 
 #: Written last in ``<cache>/models/<run digest>/``: the trained model's files (checkpoints, history).
-MODEL_INDEX = "model-files.json"
+MODEL_INDEX = _MODEL_INDEX
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 

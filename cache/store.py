@@ -38,6 +38,7 @@ from cvgl.core.atomic import write_text_atomic
 from cvgl.core.errors import UserError
 from cvgl.core.keys import DigestMemo, content_key, file_sha256
 from cvgl.core.path_errors import require_writable_folder
+from cvgl.core.outputs import MODEL_INDEX
 
 ENV_VAR = "PIPELINE_CACHE_DIR"
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")
@@ -882,6 +883,29 @@ class CacheStore:
         """
         keys = [self.resolve(ref)] if ref else self.keys()
         return {key: self._verify_entry(key) for key in keys}
+
+    def model_problems(self) -> dict[str, list[str]]:
+        """Problems of the trained models under ``models/``: every file a model's ``model-files.json``
+        lists must be there as a regular file. Returns {run digest: [problem, …]} for bad models only."""
+        out: dict[str, list[str]] = {}
+        models = self.root / "models"
+        if not models.is_dir():
+            return out
+        for d in sorted(models.iterdir()):
+            index = d / MODEL_INDEX
+            if not d.is_dir() or d.is_symlink() or not index.is_file():
+                continue  # a model still training (its index is written last), or not a model folder
+            try:
+                listed = json.loads(index.read_text(encoding="utf-8")).get("files")
+            except (OSError, ValueError, AttributeError):
+                listed = None
+            if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
+                out[d.name] = [f"{index}: unreadable list of model files"]
+                continue
+            missing = [f for f in listed if Path(f).name != f or not (d / f).is_file() or (d / f).is_symlink()]
+            if missing:
+                out[d.name] = [f"{d / f}: missing (listed in {MODEL_INDEX})" for f in missing]
+        return out
 
     def rm(self, ref: str) -> str:
         """Remove an entry (by alias, key or key prefix) and every alias pointing at it; returns its key."""

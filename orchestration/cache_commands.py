@@ -44,6 +44,8 @@ def cache_commands(open_store: Callable[[], CacheStore], say: Callable[[str], No
         report = store.verify(ref)
         # Alias files are checked when verifying the whole cache (a named alias is checked by resolving it).
         bad_aliases = store.alias_problems() if ref is None else {}
+        # Trained models too (their files listed in model-files.json), when verifying the whole cache.
+        bad_models = store.model_problems() if ref is None else {}
         bad = {k: p for k, p in report.items() if p}
         for k, problems in report.items():
             if not problems:
@@ -53,16 +55,27 @@ def cache_commands(open_store: Callable[[], CacheStore], say: Callable[[str], No
                 print(f"BAD      {k[:12]}  {p}", file=sys.stderr)
         for name, problem in bad_aliases.items():
             print(f"BAD      alias {name!r}  {problem}", file=sys.stderr)
-        if bad or bad_aliases:
+        for digest, problems in bad_models.items():
+            for p in problems:
+                print(f"BAD      model {digest[:12]}  {p}", file=sys.stderr)
+        if bad or bad_aliases or bad_models:
             what = []
             if bad:
                 what.append(f"{len(bad)} of {len(report)} entries failed verification")
             if bad_aliases:
                 what.append(f"{len(bad_aliases)} alias file(s) are invalid or dangling")
-            raise UserError(
-                f"{' and '.join(what)}; remove bad entries with `pipeline cache rm KEY` and recompute, "
-                "bad alias files with `pipeline cache rm --alias NAME` or `pipeline cache gc`"
+            if bad_models:
+                what.append(f"{len(bad_models)} trained model(s) miss files")
+            fixes = (
+                "remove bad entries with `pipeline cache rm KEY` and recompute, bad alias files with "
+                "`pipeline cache rm --alias NAME` or `pipeline cache gc`"
             )
+            if bad_models:
+                fixes += (
+                    ", a model missing files by removing <cache>/models/<digest> and its aligned entries, "
+                    "then rerunning the alignment"
+                )
+            raise UserError(f"{' and '.join(what)}; {fixes}")
         say(f"{len(report)} entries verified")
 
     @app.command("rm")

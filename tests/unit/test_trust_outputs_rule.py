@@ -93,3 +93,27 @@ def test_out_and_cache_are_kept_apart(tmp_path):
     cache.mkdir()
     with pytest.raises(UserError):
         check_apart(tmp_path / "alias" / "models", cache)
+
+
+def test_a_rerun_never_empties_a_model_folder(tmp_path):
+    """A folder holding a model's index (a cache's model folder, e.g. one moved out of the cache) keeps
+    the model's files when a run starts there, though they carry the names a run removes."""
+    import dataclasses
+    import json
+
+    from cvgl.core.run_folder import RunFolder
+
+    @dataclasses.dataclass
+    class Cfg:
+        out: str
+        name: str = "t"
+        seed: int = 0
+
+    folder = tmp_path / "moved-model"
+    folder.mkdir()
+    for name in ("isms.safetensors", "isms.json", "history.jsonl"):
+        (folder / name).write_text("x")
+    (folder / "model-files.json").write_text(json.dumps({"files": ["history.jsonl", "isms.json", "isms.safetensors"]}))
+    (folder / "run.json").write_text(json.dumps({"status": "complete", "model": {"files": ["isms.safetensors"]}}))
+    RunFolder(Cfg(str(folder)), "run", cache_root=tmp_path / "cache")
+    assert all((folder / n).is_file() for n in ("isms.safetensors", "isms.json", "history.jsonl"))
