@@ -244,7 +244,6 @@ def cmd_sweep(
 
     path, overrides = _split_args(args)
     spec = build_sweep(path, overrides, grid, zipped)
-    say(f"sweep of {len(spec.points)} points into {spec.out}")
     with _reporter() as reporter:
         result = run_sweep(spec, _store().root, progress=reporter, log=say)
     out.print(result.markdown, markup=False, highlight=False)

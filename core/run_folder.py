@@ -221,3 +221,88 @@ class RunFolder:
 
     def _save(self) -> None:
         write_json_atomic(self.path / "run.json", self.info)
+
+
+def is_run_record(path: Path) -> bool:
+    """Whether ``path`` is a ``run.json`` this tool wrote (a mapping with its stage, status and versions)."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(info, dict)
+        and isinstance(info.get("stage"), str)
+        and info.get("status") in ("running", "complete", "failed")
+        and isinstance(info.get("versions"), dict)
+    )
+
+
+def _is_own_temp(name: str, own: set[str]) -> bool:
+    """A temporary file of the tool's atomic writes (``.<name>.tmp-<pid>``) for one of ``own``'s names,
+    left by a killed process."""
+    if not name.startswith(".") or ".tmp-" not in name:
+        return False
+    base, _, pid = name[1:].rpartition(".tmp-")
+    return pid.isdigit() and base in own
+
+
+def own_and_foreign(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Split what ``folder`` holds into what this tool wrote there as a run folder and everything else.
+
+    A folder without a run.json of this tool owns nothing (a user's ``config.yaml`` is theirs). With
+    one, the tool's files are its run record (run.json, config.yaml), its results and checkpoints
+    (core/outputs.py), the model files its run.json lists, the answer its metrics.json names,
+    ``thumbs/``, leftovers of its atomic writes, and retrieval subfolders made only of such files.
+    """
+    if not folder.is_dir():
+        return [], []
+    entries = sorted(folder.iterdir())
+    if not (folder / "run.json").is_file() or not is_run_record(folder / "run.json"):
+        return [], entries
+    names = set(run_folder_names()) | set(_earlier_model_files(folder))
+    answer = _earlier_answer(folder)
+    if answer is not None and answer.parent.resolve() == folder.resolve():
+        names.add(answer.name)
+    own: list[Path] = []
+    foreign: list[Path] = []
+    for p in entries:
+        if p.is_symlink() or p.is_file():
+            (own if p.name in names or _is_own_temp(p.name, names) else foreign).append(p)
+        elif p.is_dir() and p.name in RESULT_DIRS:
+            own.append(p)
+        elif p.is_dir() and ((p / "metrics.json").is_file() or (p / "report.html").is_file()):
+            sub_names = set(run_folder_names())
+            sub_answer = _earlier_answer(p)
+            if sub_answer is not None and sub_answer.parent.resolve() == p.resolve():
+                sub_names.add(sub_answer.name)
+            inner = sorted(p.iterdir())
+            ok = all(
+                (q.is_file() and (q.name in sub_names or _is_own_temp(q.name, sub_names)))
+                or (q.is_dir() and not q.is_symlink() and q.name in RESULT_DIRS)
+                for q in inner
+            )
+            (own if ok else foreign).append(p)
+        else:
+            foreign.append(p)
+    return own, foreign
+
+
+def clear_run_folder(folder: Path, *, what: str = "run folder") -> None:
+    """Remove an earlier run's files from ``folder`` so nothing stale survives; the folder then is empty.
+
+    Only the tool's own files (:func:`own_and_foreign`) are removed, and only when nothing else is
+    there: a folder holding any file the tool did not write is left exactly as it is and refused in
+    one line naming the first such file.
+    """
+    own, foreign = own_and_foreign(folder)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UserError(
+            f"{what} {folder} holds files the tool did not write ({foreign[0].name}{more}); "
+            "move them away, then rerun"
+        )
+    for p in own:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

@@ -15,35 +15,54 @@
    per metric, seed as error bars).
    They are removed when a sweep starts and written when it ends, so a table on disk is always a
    finished sweep's.
+
+What a sweep may touch: it holds ``DIR/.sweep.lock`` (an exclusive ``flock``) while it runs, so a
+second sweep into the same folder is refused in one line. ``DIR/sweep-files.json`` records the
+checksum of every table file the tool wrote; a table file it does not list (a user's ``sweep.csv``)
+refuses the sweep before anything runs. A point folder is emptied only of the files an earlier run
+of the tool wrote there (core/run_folder.py); a point folder holding anything else fails that point
+alone, untouched, and the other points go on. Loky workers end with the sweep's process
+(:func:`bind_to_parent`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import math
 import os
-import shutil
+import signal
 import socket
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cvgl.configs.schema import Config, to_dict
-from cvgl.core.atomic import write_text_atomic
+from cvgl.core.atomic import write_bytes_atomic, write_json_atomic
 from cvgl.core.bounded_yaml import load_yaml
 from cvgl.core.console import metric_cell
+from cvgl.core.diskspace import disk_full_is_user_error
 from cvgl.core.errors import UserError
+from cvgl.core.outputs import check_apart
+from cvgl.core.run_folder import clear_run_folder
 from cvgl.core.threads import available_cores
 from cvgl.orchestration.sweep_spec import Point, Sweep, display
 from cvgl.orchestration.worker_memory import keep_worker_on_memory_growth
 
 METRICS = ("R@1", "R@5", "R@10", "R@1%", "AP")
 TABLE_FILES = ("sweep.csv", "sweep.md", "sweep_seeds.csv", "sweep.png")
+RECORD_FILE = "sweep-files.json"  # the table files this tool wrote, with their checksums
+LOCK_FILE = ".sweep.lock"
+_RECORD_TAG = "cvgl-pipeline sweep table files"
 ProgressFn = Callable[..., None]  # (description, done, total, info=None)
 
 
@@ -58,6 +77,7 @@ class PointTask:
     cache_root: str
     threads: int | None  # torch threads; None = this worker machine's cores / the Dask threads on it
     host_threads: dict[str, int] | None = None  # Dask threads per worker host (an existing cluster)
+    parent_pid: int | None = None  # a local worker's sweep process: the worker ends when it dies
 
 
 def cores() -> int:
@@ -104,14 +124,52 @@ def finished(point: Point) -> bool:
 
 
 def _clear_point(folder: Path) -> None:
-    """Empty a point folder left by an unfinished or different run, so no stale output survives it."""
-    if not folder.exists():
+    """Empty a point folder left by an unfinished or different run, so no stale output survives it.
+
+    Only files an earlier run of the tool wrote are removed; a folder holding anything else is left
+    as it is and refused in one line (that point fails, the others go on).
+    """
+    clear_run_folder(folder, what="sweep point folder")
+
+
+# -- workers end with the sweep ---------------------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1
+_bound_to: int | None = None
+
+
+def bind_to_parent(parent_pid: int) -> None:
+    """End this worker process when the sweep process ``parent_pid`` dies (also by SIGKILL).
+
+    On Linux the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``); a parent
+    that died before this call is caught by comparing ``getppid()``. Elsewhere a daemon thread checks
+    the parent pid every half second. A worker orphaned mid-point must not keep writing into point
+    folders that a resumed sweep is using. Idempotent per process.
+    """
+    global _bound_to
+    if _bound_to == parent_pid:
         return
-    if not ((folder / "run.json").exists() or (folder / "config.yaml").exists()):
-        if any(folder.iterdir()):
-            raise UserError(f"{folder} holds files that are not a pipeline run; move them away and rerun")
+    _bound_to = parent_pid
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    if armed:
         return
-    shutil.rmtree(folder)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="sweep-parent-watch", daemon=True).start()
 
 
 # -- one point (runs in a worker) -------------------------------------------------------------------------
@@ -155,8 +213,15 @@ def run_point(task: PointTask) -> dict[str, Any]:
     from cvgl.retrieve.runner import run_retrieval
 
     keep_worker_on_memory_growth()  # a trained point's heap high-water mark is no leak (worker_memory.py)
+    if task.parent_pid is not None:
+        bind_to_parent(task.parent_pid)
     torch.set_num_threads(task.threads or _worker_threads(task.host_threads))
-    _clear_point(Path(str(task.config.out)))
+    try:
+        # Checked by the sweep before it started the point; checked again here, as files may have
+        # appeared since. Such a point fails alone, recorded in the table only: its folder is not ours.
+        _clear_point(Path(str(task.config.out)))
+    except UserError as e:
+        return {"index": task.index, "status": "failed", "error": one_line(e), "unrecorded": True}
 
     def work(cfg, store, run) -> dict:
         run.record(
@@ -184,22 +249,6 @@ def run_point(task: PointTask) -> dict[str, Any]:
     return {"index": task.index, "status": "complete", **{k: metrics.get(k) for k in METRICS}}
 
 
-def _checked(points: list[Point], sweep: Sweep, cache_root: str) -> list[Point]:
-    """The points whose align.method and align.params are valid; the others fail now, before any
-    extraction, each with its one-line error."""
-    from cvgl.align.registry import check_config
-    from cvgl.core.errors import UserError
-
-    ok = []
-    for p in points:
-        try:
-            check_config(p.config)
-            ok.append(p)
-        except UserError as e:
-            _fail_unstarted(p, sweep, cache_root, one_line(e))
-    return ok
-
-
 def _fail_unstarted(point: Point, sweep: Sweep, cache_root: str, message: str) -> None:
     """Record a point that could not start (its extraction failed) as a failed run in its folder."""
     from cvgl.core.run_folder import RunFolder
@@ -224,7 +273,12 @@ def _dask_client(sweep: Sweep, n_jobs: int):
     if s.scheduler:
         try:
             return Client(s.scheduler, timeout=s.timeout), None
-        except (OSError, TimeoutError, ValueError) as e:
+        except ValueError as e:  # an address Dask cannot parse: nothing was waited for
+            raise UserError(
+                f"sweep.scheduler={s.scheduler} is not a Dask scheduler address ({one_line(e)}); "
+                "write it as tcp://HOST:PORT"
+            ) from None
+        except (OSError, TimeoutError) as e:
             raise UserError(
                 f"cannot reach the Dask scheduler at {s.scheduler} within {s.timeout:g} s ({one_line(e)}); "
                 "start the scheduler (or its dask-jobqueue cluster) first, or fix sweep.scheduler"
@@ -264,11 +318,115 @@ class SweepResult:
     markdown: str
 
 
+@contextlib.contextmanager
+def sweep_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.sweep.lock`` (an exclusive flock) for the whole sweep; a second sweep is refused.
+
+    The lock dies with the process that holds it (also by SIGKILL), so a killed sweep never blocks
+    its resume. The file stays: removing it would let two sweeps hold locks on different files.
+    """
+    with disk_full_is_user_error(out):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise UserError(f"out={out} exists and is not a folder; give the sweep a folder") from None
+        except OSError as e:
+            raise UserError(f"out={out} cannot be created ({e.strerror or e}); give a folder you can write to") from None
+    path = out / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot open the sweep lock {path} ({e.strerror or e}); give a folder you can write to") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another sweep is running in {out} (it holds {path}); wait for it to finish, "
+                "or give this sweep another out="
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def _read_record(out: Path) -> dict[str, list[str]] | None:
+    """{table file: [checksums the tool wrote]} from ``sweep-files.json``; {} when there is none,
+    None when there is a file of that name that is not the tool's record."""
+    path = out / RECORD_FILE
+    if not os.path.lexists(path):
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) and data.get("written_by") == _RECORD_TAG else None
+    if not isinstance(files, dict) or not all(
+        isinstance(v, list) and all(isinstance(h, str) for h in v) for v in files.values()
+    ):
+        return None
+    return files
+
+
+def _write_record(out: Path, files: dict[str, list[str]]) -> None:
+    write_json_atomic(out / RECORD_FILE, {"written_by": _RECORD_TAG, "files": files})
+
+
+def remove_own_tables(out: Path) -> None:
+    """Remove the table files an earlier sweep of the tool wrote in ``out``; refuse any other file there.
+
+    A table file counts as the tool's when ``sweep-files.json`` lists its current checksum. Anything
+    else at those names (a user's ``sweep.csv``, a table edited since) is refused in one line before
+    anything is removed or run.
+    """
+    record = _read_record(out)
+    if record is None:
+        raise UserError(
+            f"{out / RECORD_FILE} was not written by this tool; move it away or give the sweep another out="
+        )
+    present = [n for n in TABLE_FILES if os.path.lexists(out / n)]
+    for n in present:
+        p = out / n
+        if p.is_symlink() or not p.is_file() or _sha256(p) not in record.get(n, []):
+            raise UserError(
+                f"{p} was not written by a sweep of this tool (or was changed since); move it away or "
+                "give the sweep another out="
+            )
+    for n in present:
+        (out / n).unlink(missing_ok=True)
+    if present or record:
+        _write_record(out, {})
+
+
+def _prepare_points(points: list[Point]) -> dict[int, str]:
+    """Empty the folders of the points about to run of an earlier run's files; returns {index: error}
+    for points whose folder holds files the tool did not write (left untouched, failed alone)."""
+    refused: dict[int, str] = {}
+    for p in points:
+        try:
+            _clear_point(p.folder)
+        except UserError as e:
+            refused[p.index] = one_line(e)
+    return refused
+
+
 def run_sweep(
     sweep: Sweep, cache_root: Path, *, progress: ProgressFn | None = None, log: Callable[[str], None] | None = None
 ) -> SweepResult:
     """Run every point of ``sweep`` not already finished, then write the table and the plot."""
     say = log or (lambda _m: None)
+    check_apart(sweep.out, cache_root)
     points = sweep.points
     todo = [p for p in points if not finished(p)]
     reused = len(points) - len(todo)
@@ -278,56 +436,81 @@ def run_sweep(
         # Connect before any work or any write, so an unreachable scheduler costs nothing.
         client, cluster = _dask_client(sweep, jobs)
     try:
-        from cvgl.cache.store import CacheStore
-        from cvgl.extract.distributed import extract as run_extraction
-
-        store = CacheStore(cache_root)
-        store.require_writable()
-        root = str(store.root.absolute())
-        sweep.out.mkdir(parents=True, exist_ok=True)
-        for name in TABLE_FILES:  # a table on disk must always be a finished sweep's
-            (sweep.out / name).unlink(missing_ok=True)
-        if reused:
-            say(f"{reused} of {len(points)} points already complete in {sweep.out / 'points'}: reused")
-        runnable: list[Point] = []
-        groups: dict[str, list[Point]] = {}
-        for p in _checked(todo, sweep, root):
-            groups.setdefault(p.group, []).append(p)
-        for n, members in enumerate(groups.values()):
-            try:
-                entries = run_extraction(members[0].config, store, progress=progress)
-                fresh = sum(not e.reused for e in entries)
-                state = f"{fresh} computed, {len(entries) - fresh} from the cache" if fresh else "all from the cache"
-                say(f"extraction {n + 1}/{len(groups)}: {len(entries)} entries ({state})")
-                runnable += members
-            except Exception as e:  # every point of this extraction fails with its error
-                for p in members:
-                    _fail_unstarted(p, sweep, root, one_line(e))
-        remote = client is not None and bool(sweep.settings.scheduler)
-        host_threads = _host_threads(client) if remote else None
-        tasks = [
-            PointTask(
-                p.index, p.config, p.values, sweep.command(p), root, None if remote else threads, host_threads
-            )
-            for p in runnable
-        ]
-        done = reused + len(todo) - len(runnable)
-        if progress:
-            progress("sweep points", done, len(points))
-        # On an existing cluster, n_jobs 0 means every worker thread it has, not this machine's cores.
-        for r in _execute(tasks, sweep, (sweep.settings.n_jobs or -1) if remote else jobs, client):
-            done += 1
-            if progress:
-                info = {"R@1": r["R@1"]} if r["status"] == "complete" and r.get("R@1") is not None else {}
-                progress("sweep points", done, len(points), info)
-            if r["status"] != "complete":
-                say(f"point {r['index']} failed: {r['error']}")
+        with sweep_lock(sweep.out):
+            say(f"sweep of {len(points)} points into {sweep.out}")
+            return _run_locked(sweep, cache_root, todo, reused, jobs, threads, client, progress, say)
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
-    return write_results(sweep, reused=reused)
+
+
+def _run_locked(
+    sweep: Sweep,
+    cache_root: Path,
+    todo: list[Point],
+    reused: int,
+    jobs: int,
+    threads: int,
+    client: Any,
+    progress: ProgressFn | None,
+    say: Callable[[str], None],
+) -> SweepResult:
+    from cvgl.cache.store import CacheStore
+    from cvgl.extract.distributed import extract as run_extraction
+
+    points = sweep.points
+    # Whether a point is finished is decided again under the lock: another sweep may have ended.
+    todo = [p for p in points if not finished(p)]
+    reused = len(points) - len(todo)
+    store = CacheStore(cache_root)
+    store.require_writable()
+    root = str(store.root.absolute())
+    remove_own_tables(sweep.out)  # a table on disk must always be a finished sweep's
+    if reused:
+        say(f"{reused} of {len(points)} points already complete in {sweep.out / 'points'}: reused")
+    refused = _prepare_points(todo)
+    for i, msg in refused.items():
+        say(f"point {i} failed: {msg}")
+    runnable: list[Point] = []
+    groups: dict[str, list[Point]] = {}
+    for p in todo:
+        if p.index not in refused:
+            groups.setdefault(p.group, []).append(p)
+    for n, members in enumerate(groups.values()):
+        try:
+            entries = run_extraction(members[0].config, store, progress=progress)
+            fresh = sum(not e.reused for e in entries)
+            state = f"{fresh} computed, {len(entries) - fresh} from the cache" if fresh else "all from the cache"
+            say(f"extraction {n + 1}/{len(groups)}: {len(entries)} entries ({state})")
+            runnable += members
+        except Exception as e:  # every point of this extraction fails with its error
+            for p in members:
+                _fail_unstarted(p, sweep, root, one_line(e))
+    remote = client is not None and bool(sweep.settings.scheduler)
+    host_threads = _host_threads(client) if remote else None
+    parent = os.getpid() if client is None else None  # loky workers are this process's children
+    tasks = [
+        PointTask(
+            p.index, p.config, p.values, sweep.command(p), root, None if remote else threads, host_threads, parent
+        )
+        for p in runnable
+    ]
+    done = reused + len(todo) - len(runnable)
+    if progress:
+        progress("sweep points", done, len(points))
+    # On an existing cluster, n_jobs 0 means every worker thread it has, not this machine's cores.
+    for r in _execute(tasks, sweep, (sweep.settings.n_jobs or -1) if remote else jobs, client):
+        done += 1
+        if progress:
+            info = {"R@1": r["R@1"]} if r["status"] == "complete" and r.get("R@1") is not None else {}
+            progress("sweep points", done, len(points), info)
+        if r["status"] != "complete":
+            say(f"point {r['index']} failed: {r['error']}")
+            if r.get("unrecorded"):
+                refused[r["index"]] = r["error"]
+    return write_results(sweep, reused=reused, failed_outside=refused)
 
 
 # -- results --------------------------------------------------------------------------------------------
@@ -339,9 +522,13 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def point_row(sweep: Sweep, point: Point) -> dict[str, Any]:
-    """One table row from the point's run folder (the single source of truth, also after a resume)."""
-    info = _read_json(point.folder / "run.json")
+def point_row(sweep: Sweep, point: Point, refused: str | None = None) -> dict[str, Any]:
+    """One table row from the point's run folder (the single source of truth, also after a resume).
+
+    ``refused``: the error of a point that could not run because its folder holds files the tool
+    did not write; its folder is not read (nothing in it is the tool's).
+    """
+    info = {"status": "failed", "error": refused} if refused is not None else _read_json(point.folder / "run.json")
     status = str(info.get("status") or "not run")
     metrics = _read_json(point.folder / "metrics.json") if status == "complete" else {}
     keys = info.get("cache_keys") or {}
@@ -442,28 +629,47 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], summary: list[dict[str, A
     return "\n".join(lines) + "\n"
 
 
-def write_results(sweep: Sweep, *, reused: int = 0) -> SweepResult:
-    """Write sweep.csv, sweep.md, sweep_seeds.csv (with a seed axis) and sweep.png from the run folders."""
-    rows = [point_row(sweep, p) for p in sweep.points]
+def write_results(sweep: Sweep, *, reused: int = 0, failed_outside: dict[int, str] | None = None) -> SweepResult:
+    """Write sweep.csv, sweep.md, sweep_seeds.csv (with a seed axis) and sweep.png from the run folders.
+
+    ``failed_outside``: {point index: error} of points that failed without a run folder of their own.
+    Each file's checksum is recorded in ``sweep-files.json`` before the file is written, so a later
+    sweep recognises the tables as its own even after a kill between the two.
+    """
+    refused = failed_outside or {}
+    rows = [point_row(sweep, p, refused.get(p.index)) for p in sweep.points]
     summary = seed_summary(sweep, rows)
     md = markdown(sweep, rows, summary)
-    files = []
+    content: dict[str, bytes] = {}
     if summary:
         others = [k for k in sweep.axis_keys if k != "seed"]
         cols = [*others, "n_seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))]
-        write_text_atomic(sweep.out / "sweep_seeds.csv", _csv(summary, cols))
-        files.append(sweep.out / "sweep_seeds.csv")
-    files.append(write_plot(sweep.out / "sweep.png", sweep, rows))
+        content["sweep_seeds.csv"] = _csv(summary, cols).encode()
+    content["sweep.png"] = render_plot(sweep, rows)
     # The CSV last: its presence means the sweep finished writing.
-    write_text_atomic(sweep.out / "sweep.md", md)
-    write_text_atomic(sweep.out / "sweep.csv", _csv(rows, _columns(sweep)))
-    files += [sweep.out / "sweep.md", sweep.out / "sweep.csv"]
+    content["sweep.md"] = md.encode()
+    content["sweep.csv"] = _csv(rows, _columns(sweep)).encode()
+    record = _read_record(sweep.out) or {}
+    digests = {n: hashlib.sha256(data).hexdigest() for n, data in content.items()}
+    _write_record(sweep.out, {n: sorted({*record.get(n, []), digests[n]}) for n in {*record, *digests}})
+    files = []
+    for name, data in content.items():
+        write_bytes_atomic(sweep.out / name, data)
+        files.append(sweep.out / name)
+    _write_record(sweep.out, {n: [d] for n, d in digests.items()})
     failed = sum(r["status"] != "complete" for r in rows)
     return SweepResult(rows, files, reused, failed, md)
 
 
-def write_plot(path: Path, sweep: Sweep, rows: list[dict[str, Any]]) -> Path:
-    """``sweep.png`` (:mod:`cvgl.orchestration.sweep_plot`): a panel per metric, seed as error bars."""
+def render_plot(sweep: Sweep, rows: list[dict[str, Any]]) -> bytes:
+    """``sweep.png`` as PNG bytes (:mod:`cvgl.orchestration.sweep_plot`: a panel per metric, seed as
+    error bars), drawn into a hidden temporary file in the sweep folder and read back, so its checksum
+    can be recorded before the file itself is written."""
     from cvgl.orchestration.sweep_plot import write_sweep_plot
 
-    return write_sweep_plot(path, sweep.axis_keys, rows, {a.key: a.values for a in sweep.axes})
+    tmp = sweep.out / f".sweep.png.render-{os.getpid()}"
+    try:
+        write_sweep_plot(tmp, sweep.axis_keys, rows, {a.key: a.values for a in sweep.axes})
+        return tmp.read_bytes()
+    finally:
+        tmp.unlink(missing_ok=True)

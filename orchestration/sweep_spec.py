@@ -10,7 +10,8 @@ Every point is an ordinary ``run`` config whose ``out`` is ``DIR/points/<n>``. P
 entry aliases (a digest of what decides the entries), so points that run at the same time never
 repoint an alias another point is reading; aliases are names only, never part of a cache key.
 
-This module only reads and validates configs; running the points is ``retrieve.sweep``'s job.
+This module only reads and validates configs (every point's, method and parameters included, before
+anything runs); running the points is :mod:`orchestration.sweep`'s job.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cvgl.align.registry import check_config
 from cvgl.configs.schema import SHORTHANDS, Config, SweepConfig, load_config, split_override, to_dict
 from cvgl.core.bounded_yaml import YAMLBoundError, load_yaml
 from cvgl.core.errors import UserError
@@ -196,6 +198,34 @@ def _check_axes(path: str | None, base: list[str], axes: list[Axis]) -> None:
                 raise UserError(f"{msg} (sweep axis {a.key}={display(v)})") from None
 
 
+SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
+
+
+def check_scheduler_address(address: str) -> None:
+    """Refuse a ``sweep.scheduler`` that is not a Dask scheduler address, before anything connects.
+
+    Dask reads ``SCHEME://HOST:PORT`` (tcp, tls, ws, wss, ucx; inproc:// takes any name) or a bare
+    ``HOST:PORT`` (tcp); anything else could never connect, so nothing is waited for.
+    """
+    text = str(address).strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text
+    ok = scheme in SCHEDULER_SCHEMES and bool(rest)
+    if ok and scheme != "inproc":
+        host, colon, port = rest.rpartition(":")
+        ok = bool(colon) and bool(host.strip("[]")) and port.isdigit() and 0 < int(port) < 65536 and "/" not in rest
+    if not ok:
+        raise UserError(
+            f"sweep.scheduler={_printable(text)} is not a Dask scheduler address; write it as tcp://HOST:PORT "
+            "(the address the scheduler prints when it starts)"
+        )
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else ascii(text)
+
+
 def point_aliases(cfg: Config) -> Config:
     """``cfg`` with entry aliases of its own: ``<base>.x<extraction digest>`` for the extracted entries and
     ``<base>.<method>.a<run digest>`` for the aligned ones. Keys are untouched (aliases are not in them)."""
@@ -235,6 +265,8 @@ def build_sweep(
         raise UserError(f"sweep.timeout must be a positive number of seconds, got {settings.timeout}")
     if settings.scheduler and settings.backend != "dask":
         raise UserError("sweep.scheduler is set but sweep.backend is loky; add sweep.backend=dask")
+    if settings.scheduler:
+        check_scheduler_address(settings.scheduler)
     axes = collect_axes(settings, grid_args, zip_args)
     _check_axes(config_path, base, axes)
     out = Path(cfg.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
@@ -255,6 +287,12 @@ def build_sweep(
         args = [*base, *(f"{k}={json.dumps(v)}" for k, v in values.items()), f"out={folder}"]
         try:
             pcfg = load_config(config_path, args)
+        except UserError as e:
+            shown = " ".join(f"{k}={display(v)}" for k, v in values.items())
+            raise UserError(f"{e} (sweep point {shown})") from None
+        try:
+            # The method and its parameters too, for every point, before anything runs.
+            check_config(pcfg)
         except UserError as e:
             shown = " ".join(f"{k}={display(v)}" for k, v in values.items())
             raise UserError(f"{e} (sweep point {shown})") from None
