@@ -146,8 +146,8 @@ def bind_to_parent(parent_pid: int) -> None:
     folders that a resumed sweep is using. Idempotent per process.
     """
     global _bound_to
-    if _bound_to == parent_pid:
-        return
+    if _bound_to == parent_pid or os.getpid() == parent_pid:
+        return  # already bound, or the point runs in the sweep process itself (joblib with one job)
     _bound_to = parent_pid
     armed = False
     if sys.platform.startswith("linux"):
