@@ -429,7 +429,6 @@ def run_sweep(
     check_apart(sweep.out, cache_root)
     points = sweep.points
     todo = [p for p in points if not finished(p)]
-    reused = len(points) - len(todo)
     jobs, threads = plan_jobs(sweep.settings.n_jobs, len(todo), cores())
     client = cluster = None
     if todo and sweep.settings.backend == "dask":
@@ -438,7 +437,7 @@ def run_sweep(
     try:
         with sweep_lock(sweep.out):
             say(f"sweep of {len(points)} points into {sweep.out}")
-            return _run_locked(sweep, cache_root, todo, reused, jobs, threads, client, progress, say)
+            return _run_locked(sweep, cache_root, threads, jobs, client, progress, say)
     finally:
         if client is not None:
             client.close()
@@ -449,10 +448,8 @@ def run_sweep(
 def _run_locked(
     sweep: Sweep,
     cache_root: Path,
-    todo: list[Point],
-    reused: int,
-    jobs: int,
     threads: int,
+    jobs: int,
     client: Any,
     progress: ProgressFn | None,
     say: Callable[[str], None],

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from cvgl.core.atomic import write_new_text
 from cvgl.core.errors import UserError
 from cvgl.core.outputs import check_apart, output_file, run_folder_names, writable_folder
