@@ -291,13 +291,16 @@ def demo(
 def cmd_compare(
     runs: list[Path] = typer.Argument(..., help="Run folders (or metrics.json files) to compare."),
     dest: Path = typer.Option(Path("."), "--out", help="Where comparison.md and comparison.csv go."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace comparison.md and comparison.csv in --out (default: new files only)."
+    ),
 ) -> None:
     """One table of metrics across runs; also written as Markdown and CSV."""
     from cvgl.retrieve.compare import compare_runs, write_comparison
 
     _, markdown, csv_text = compare_runs(list(runs))
     out.print(markdown)
-    for p in write_comparison(markdown, csv_text, dest):
+    for p in write_comparison(markdown, csv_text, dest, overwrite=overwrite):
         say(f"wrote {p}")
 
 

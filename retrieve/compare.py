@@ -23,6 +23,7 @@ from typing import Any
 from cvgl.core.atomic import write_text_atomic
 from cvgl.core.console import metric_cell
 from cvgl.core.errors import UserError
+from cvgl.core.outputs import new_file_only, writable_folder
 
 MD_FILE = "comparison.md"
 CSV_FILE = "comparison.csv"
@@ -184,13 +185,19 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-def write_comparison(markdown: str, csv_text: str, out_dir: Path) -> list[Path]:
-    """Write ``comparison.md`` and ``comparison.csv`` into ``out_dir`` (created); returns their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_comparison(markdown: str, csv_text: str, out_dir: Path, *, overwrite: bool = False) -> list[Path]:
+    """Write ``comparison.md`` and ``comparison.csv`` into ``out_dir`` (created); returns their paths.
+
+    The rule for outputs (core/outputs.py): both must be new files unless ``overwrite``
+    (``compare --overwrite``), only regular files are replaced, and a folder that cannot be written is
+    one line; everything is checked before either file is written.
+    """
+    out_dir = writable_folder(Path(out_dir), what="--out")
+    targets = [(out_dir / MD_FILE, markdown), (out_dir / CSV_FILE, csv_text)]
+    for p, _ in targets:
+        new_file_only(p, option="--out", overwrite_option="--overwrite", overwrite=overwrite)
     written = []
-    for name, text in ((MD_FILE, markdown), (CSV_FILE, csv_text)):
-        p = out_dir / name
+    for p, text in targets:
         write_text_atomic(p, text)
         written.append(p)
     return written

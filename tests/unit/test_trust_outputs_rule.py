@@ -116,3 +116,18 @@ def test_a_rerun_never_empties_a_model_folder(tmp_path):
     (folder / "run.json").write_text(json.dumps({"status": "complete", "model": {"files": ["isms.safetensors"]}}))
     RunFolder(Cfg(str(folder)), "run", cache_root=tmp_path / "cache")
     assert all((folder / n).is_file() for n in ("isms.safetensors", "isms.json", "history.jsonl"))
+
+
+def test_compare_writes_new_files_only_unless_overwrite(tmp_path):
+    from cvgl.retrieve.compare import write_comparison
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "comparison.csv").write_text("mine\n")
+    with pytest.raises(UserError, match="--overwrite"):
+        write_comparison("| a |\n", "a\n", out)
+    assert (out / "comparison.csv").read_text() == "mine\n" and not (out / "comparison.md").exists()
+    write_comparison("| a |\n", "a\n", out, overwrite=True)
+    assert (out / "comparison.csv").read_text() == "a\n"
+    with pytest.raises(UserError, match="not a folder"):
+        write_comparison("| a |\n", "a\n", Path("/dev/null"))
