@@ -77,9 +77,16 @@ def test_a_folder_as_the_answer_is_one_line(world):
     assert "is a folder" in line
 
 
-@pytest.mark.parametrize("path", ["/dev/null", "/proc/cvgl-no-such/answer.txt"])
+@pytest.mark.parametrize("path", ["devnull", "/proc/cvgl-no-such/answer.txt"])
 def test_unwritable_or_special_answer_paths_are_one_line(world, path):
-    one_error_line(_retrieve(world, f"retrieve.answer={path}", out="r6"))
+    tmp, _ = world
+    if path == "devnull":
+        # A link to /dev/null, not /dev/null itself: a tool that renames over the path (as root) then
+        # replaces the link, never the machine's /dev/null.
+        path = str(tmp / "devnull")
+        if not Path(path).is_symlink():
+            Path(path).symlink_to("/dev/null")
+    one_error_line(_retrieve(world, f"retrieve.answer={path}", "retrieve.answer_overwrite=true", out="r6"))
     assert Path("/dev/null").is_char_device()
 
 
