@@ -131,3 +131,12 @@ def test_compare_writes_new_files_only_unless_overwrite(tmp_path):
     assert (out / "comparison.csv").read_text() == "a\n"
     with pytest.raises(UserError, match="not a folder"):
         write_comparison("| a |\n", "a\n", Path("/dev/null"))
+
+
+def test_export_of_an_unknown_format_is_one_error_before_anything_is_written(tmp_path):
+    from cvgl.cache.importers import export_entry
+    from cvgl.cache.store import CacheStore
+
+    with pytest.raises(UserError, match="unknown export format"):
+        export_entry(CacheStore(tmp_path / "cache"), "x", fmt="bogus", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
