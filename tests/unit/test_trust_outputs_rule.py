@@ -134,7 +134,7 @@ def test_compare_writes_new_files_only_unless_overwrite(tmp_path):
 
 
 def test_export_of_an_unknown_format_is_one_error_before_anything_is_written(tmp_path):
-    from cvgl.cache.importers import export_entry
+    from cvgl.cache.interop import export_entry
     from cvgl.cache.store import CacheStore
 
     with pytest.raises(UserError, match="unknown export format"):
