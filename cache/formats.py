@@ -11,13 +11,21 @@ Formats (as the tools write them):
   the same folder gives a complete file that ``evaluate_gpu.py`` reads.
 * ``hloc`` -- hloc's global-descriptor HDF5 (``extract_features.py`` with a global model such as
   NetVLAD): one group per image name (names with ``/`` become nested groups), each holding a
-  ``global_descriptor`` dataset [d]. Rows are the image names in sorted order.
+  ``global_descriptor`` dataset [d]. Rows are the image names in sorted order. One file usually holds
+  database and query images told apart by name prefix (hloc's ``db_prefix`` / ``query_prefix``):
+  ``prefixes`` ``{"db/": "gallery", "query/": "query"}`` split it into ``<alias>.gallery`` and
+  ``<alias>.query`` (names kept whole).
 * ``vpr`` -- VPR-methods-evaluation's ``--save_descriptors`` output: two float32 arrays in the log
   folder, ``database_descriptors.npy`` [n_db, d] and ``queries_descriptors.npy`` [n_q, d] (current
   ``main.py``; an older version pickled one ``global_features.pickle`` array with the database rows
   first, which is not read: pickles can run code). The tool saves no names: rows follow its image
-  order (sorted glob of each folder), and ``--names`` may give them, database first then queries, one
-  per line. Import gives ``<alias>.database`` and ``<alias>.queries``.
+  order, and ``--names`` may give them, database first then queries, one per line. Without
+  ``--names`` the names come from the run itself: ``info.log`` records ``database_folder`` and
+  ``queries_folder`` (the ``Arguments: Namespace(…)`` line), and each folder is listed as
+  ``test_dataset.read_images_paths`` lists it (``<folder>_images_paths.txt`` when present, else a sorted
+  recursive glob of .jpg/.jpeg/.png files), names relative to the folder, which becomes the entry's
+  image root. Those names carry the images' positions (``@utm_east@utm_north@…``), which
+  ``protocol=vpr`` reads. Import gives ``<alias>.database`` and ``<alias>.queries``.
 
 Labels of hloc and VPR rows: ``--labels`` (an int ``.npy``, one per row in the same order) when given,
 else the image's parent folder when every name has an integer one (University-1652's ``<id>/<image>``
@@ -26,9 +34,11 @@ layout), else -1 (unknown).
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import re
+import warnings
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -45,6 +55,9 @@ FIELD_EXPORT_FORMATS = ("mat",)
 MAT_SIDES = ("query", "gallery")
 MAT_FILE = "pytorch_result.mat"
 VPR_FILES = {"database": "database_descriptors.npy", "queries": "queries_descriptors.npy"}
+VPR_LOG = "info.log"
+VPR_FOLDER_ARGS = {"database": "database_folder", "queries": "queries_folder"}
+_VPR_IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 HLOC_DATASET = "global_descriptor"
 _INT_FOLDER = re.compile(r"-?[0-9]+")
 
@@ -80,8 +93,13 @@ def import_field_format(
     alias: str | None,
     labels: Path | None,
     names: Path | None,
+    prefixes: dict[str, str] | None = None,
 ) -> list[tuple[str, Entry]]:
-    """Import ``source`` in field format ``fmt``; returns (alias, entry) per imported entry."""
+    """Import ``source`` in field format ``fmt``; returns (alias, entry) per imported entry.
+
+    ``prefixes`` (hloc only): ``{name prefix: role}``, one entry ``<alias>.<role>`` per prefix."""
+    if prefixes and fmt != "hloc":
+        raise UserError(f"--prefix splits hloc global-feature files; {source} is in format {fmt}")
     if fmt == "mat":
         if labels is not None or names is not None:
             raise UserError(
@@ -89,6 +107,8 @@ def import_field_format(
             )
         return import_u1652_mat(store, source, alias=alias)
     if fmt == "hloc":
+        if prefixes:
+            return import_hloc_split(store, source, prefixes, alias=alias, labels=labels)
         return [import_hloc(store, source, alias=alias, labels=labels)]
     if fmt == "vpr":
         return import_vpr(store, source, alias=alias, labels=labels, names=names)
@@ -313,8 +333,8 @@ def _hloc_names(f, limit: int | None = None) -> list[str]:
     return found
 
 
-def import_hloc(store: CacheStore, path: Path, *, alias: str | None, labels: Path | None) -> tuple[str, Entry]:
-    """Import hloc's global-descriptor HDF5 (``<name>/global_descriptor`` per image) as one entry.
+def _read_hloc(path: Path) -> tuple[list[str], np.ndarray]:
+    """(sorted names, float32 [n, d] descriptors) of an hloc global-feature file.
 
     Every dataset is checked from its metadata (real-valued, a non-empty vector, stored as declared,
     one dimension for all) and the whole is checked against the memory available before any row is read.
@@ -341,6 +361,14 @@ def import_hloc(store: CacheStore, path: Path, *, alias: str | None, labels: Pat
                 desc[i] = np.asarray(ds[...]).reshape(-1)
     except OSError as e:
         raise UserError(f"{path} is not a readable HDF5 file ({e})") from None
+    return names, desc
+
+
+def import_hloc(store: CacheStore, path: Path, *, alias: str | None, labels: Path | None) -> tuple[str, Entry]:
+    """Import hloc's global-descriptor HDF5 (``<name>/global_descriptor`` per image) as one entry."""
+    from cvgl.cache.importers import import_arrays
+
+    names, desc = _read_hloc(path)
     a = alias or path.stem
     entry = import_arrays(
         store,
@@ -351,6 +379,51 @@ def import_hloc(store: CacheStore, path: Path, *, alias: str | None, labels: Pat
         source={"format": "hloc", "path": str(path)},
     )
     return a, entry
+
+
+def parse_prefixes(items: list[str] | None) -> dict[str, str]:
+    """``--prefix PREFIX=ROLE`` items (the last ``=`` splits, so a prefix may hold ``=``) as a mapping."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        prefix, sep, role = item.rpartition("=")
+        role = role.strip()
+        if not sep or not prefix or not role:
+            raise UserError(f"--prefix {item!r} is not PREFIX=ROLE; e.g. --prefix db/=gallery --prefix query/=query")
+        if role in out.values():
+            raise UserError(f"--prefix gives role {role!r} twice; give each role one prefix")
+        out[prefix] = role
+    return out
+
+
+def import_hloc_split(
+    store: CacheStore, path: Path, prefixes: dict[str, str], *, alias: str | None, labels: Path | None
+) -> list[tuple[str, Entry]]:
+    """One entry ``<alias>.<role>`` per name prefix of an hloc file (hloc's ``db_prefix``/``query_prefix``)."""
+    from cvgl.cache.importers import import_arrays
+
+    names, desc = _read_hloc(path)
+    all_labels = _read_labels(labels, names, path)
+    base = alias or path.stem
+    out = []
+    for prefix, role in prefixes.items():
+        rows = np.array([i for i, n in enumerate(names) if n.startswith(prefix)], dtype=np.int64)
+        if rows.size == 0:
+            raise UserError(
+                f"no image name in {path} starts with {prefix!r} (e.g. {names[0]!r}); give the prefix hloc's "
+                "db_prefix/query_prefix would use"
+            )
+        a = f"{base}.{role}"
+        entry = import_arrays(
+            store,
+            desc[rows],
+            all_labels[rows],
+            [names[i] for i in rows],
+            alias=a,
+            view=role,
+            source={"format": "hloc", "path": str(path), "prefix": prefix},
+        )
+        out.append((a, entry))
+    return out
 
 
 def _vpr_folder(source: Path) -> Path:
@@ -390,7 +463,13 @@ def import_vpr(
                 f"{names} has {len(all_names)} names but {folder} holds {n_db} database + {n_q} query rows; "
                 "list the database images first, then the queries, one per line"
             )
-    else:
+    roots: dict[str, str | None] = {"database": None, "queries": None}
+    if names is None:
+        listed = vpr_logged_names(folder, {"database": n_db, "queries": n_q})
+        if listed is not None:
+            all_names = listed["database"][1] + listed["queries"][1]
+            roots = {side: listed[side][0] for side in listed}
+    if names is None and roots["database"] is None:
         all_names = [f"database/{i:07d}" for i in range(n_db)] + [f"queries/{i:07d}" for i in range(n_q)]
     all_labels = _read_labels(labels, all_names, folder)
     base = alias or folder.name
@@ -406,6 +485,53 @@ def import_vpr(
             alias=a,
             view=side,
             source={"format": "vpr", "path": str(folder / VPR_FILES[side]), "side": side},
+            root=roots[side],
         )
         out.append((a, entry))
+    return out
+
+
+def _vpr_images(folder: str) -> list[str]:
+    """The image paths of one folder in ``test_dataset.read_images_paths``'s order."""
+    listing = folder + "_images_paths.txt"
+    if os.path.exists(listing):
+        with open(listing, encoding="utf-8") as f:
+            return [folder + "/" + p for p in f.read().splitlines()]
+    paths = sorted(glob.glob(f"{folder}/**/*", recursive=True))
+    return [p for p in paths if os.path.isfile(p) and os.path.splitext(p)[1].lower() in _VPR_IMAGE_EXTS]
+
+
+def vpr_logged_names(folder: Path, counts: dict[str, int]) -> dict[str, tuple[str, list[str]]] | None:
+    """``{side: (image folder, names relative to it)}`` from the run's ``info.log``, or None (with a
+    warning saying why) when the log or its image folders are gone or disagree with the arrays."""
+    log = folder / VPR_LOG
+    if not log.is_file():
+        return None
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    out: dict[str, tuple[str, list[str]]] = {}
+    for side, arg in VPR_FOLDER_ARGS.items():
+        m = re.search(rf"\b{arg}=(['\"])(.*?)\1", text)
+        if m is None:
+            return None
+        where = m.group(2)
+        if not os.path.isdir(where):
+            warnings.warn(
+                f"{log} names {arg} {where}, which is not a folder here; rows are imported without names "
+                "(and without positions): give --names, one image path per row",
+                stacklevel=2,
+            )
+            return None
+        paths = _vpr_images(where)
+        if len(paths) != counts[side]:
+            warnings.warn(
+                f"{where} holds {len(paths)} images but {folder} has {counts[side]} {side} rows; rows are "
+                "imported without names: give --names, one image path per row",
+                stacklevel=2,
+            )
+            return None
+        names = [PurePosixPath(Path(p).relative_to(where).as_posix()).as_posix() for p in paths]
+        out[side] = (str(Path(where).resolve()), names)
     return out

@@ -92,6 +92,7 @@ def import_arrays(
     alias: str | None,
     source: dict,
     view: str | None = None,
+    root: str | None = None,
 ) -> Entry:
     """Cache in-memory descriptors; the key is their content, so importing twice is free.
 
@@ -118,9 +119,11 @@ def import_arrays(
         check_alias(alias)
     dtype = "float16" if desc.dtype == np.float16 else "float32"
     spec = {"kind": "imported", "content": _content_digest(desc, labels, names), "dtype": dtype}
-    extra = {"source": source}
+    extra: dict = {"source": source}
     if view:
         extra["view"] = view
+    if root:
+        extra["root"] = root  # the folder the names are relative to (report thumbnails)
     return store.put_arrays(
         spec, desc.astype(dtype), np.asarray(labels, np.int64), names, alias=alias, extra=extra, dtype=dtype
     )

@@ -28,6 +28,13 @@ from cvgl.core.atomic import atomic_path, write_text_atomic
 from cvgl.core.errors import UserError
 from cvgl.core.outputs import new_file_only, writable_folder
 from cvgl.datasets.positions import positions_csv_text
+from cvgl.datasets.vpr_positions import (
+    POSITIONS_CSV,
+    POSITIONS_TABLE,
+    lookup,
+    read_positions_csv,
+    write_positions_csv,
+)
 
 
 def import_any(
@@ -38,16 +45,73 @@ def import_any(
     labels: Path | None = None,
     names: Path | None = None,
     fmt: str = "auto",
+    prefixes: dict[str, str] | None = None,
 ) -> list[tuple[str, str, int]]:
-    """Dispatch on ``fmt`` (or the source's form); returns (alias, key, rows) per imported entry."""
+    """Dispatch on ``fmt`` (or the source's form); returns (alias, key, rows) per imported entry.
+
+    A ``.csv`` source is a positions table for the existing entry ``alias`` (:func:`attach_positions`);
+    a folder holding ``positions.csv`` gives its positions to every entry imported from it.
+    """
     if not source.exists():
         raise UserError(f"{source} does not exist; give a .npy/.h5 file or a GeoAlign feature folder")
+    if fmt in ("auto", "positions") and source.suffix.lower() == ".csv":
+        if not alias:
+            raise UserError(f"{source} is a positions table; name the entry it belongs to with --alias ENTRY")
+        e = attach_positions(store, source, alias)
+        return [(alias, e.key, e.count)]
+    got = _import_descriptors(
+        store, source, alias=alias, labels=labels, names=names, fmt=fmt, prefixes=prefixes
+    )
+    table = source / POSITIONS_CSV if source.is_dir() else None
+    if table is not None and table.is_file():
+        for a, _, _ in got:
+            attach_positions(store, table, a, partial=True)
+    return got
+
+
+def attach_positions(store: CacheStore, table: Path, ref: str, *, partial: bool = False) -> Entry:
+    """Keep the rows of positions table ``table`` that name ``ref``'s images as ``point_positions.csv`` in its
+    entry folder (``retrieve.geo.entry_positions_of`` reads it). Unless ``partial``, every row needs one."""
+    kind, rows = read_positions_csv(table)
+    entry = store.open(ref)
+    names = entry.names()
+    pos = lookup(rows, kind, names)
+    missing = pos.missing()
+    if missing.size and not partial:
+        raise UserError(
+            f"{table} has no position for {missing.size} of {len(names)} rows of {ref}, e.g. {names[int(missing[0])]!r}; "
+            "list every image name of the entry (column name)"
+        )
+    if missing.size == len(names):
+        return entry
+    keep = np.flatnonzero(~np.isnan(pos.xy).any(axis=1))
+    write_positions_csv(
+        store.entry_dir(entry.key) / POSITIONS_TABLE, kind, [names[i] for i in keep], pos.xy[keep]
+    )
+    return entry
+
+
+def _import_descriptors(
+    store: CacheStore,
+    source: Path,
+    *,
+    alias: str | None,
+    labels: Path | None,
+    names: Path | None,
+    fmt: str,
+    prefixes: dict[str, str] | None,
+) -> list[tuple[str, str, int]]:
     # Other tools' feature files (pytorch_result.mat, hloc HDF5, VPR-methods-evaluation .npy).
+
     if fmt == "auto":
         fmt = detect_field_format(source) or "auto"
     if fmt in FIELD_IMPORT_FORMATS:
-        got = import_field_format(store, source, fmt, alias=alias, labels=labels, names=names)
+        got = import_field_format(
+            store, source, fmt, alias=alias, labels=labels, names=names, prefixes=prefixes
+        )
         return [(a, e.key, e.count) for a, e in got]
+    if prefixes:
+        raise UserError(f"--prefix splits hloc global-feature files; {source} is not one (format {fmt})")
     if fmt == "auto":
         fmt = (
             "geoalign"

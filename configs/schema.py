@@ -25,7 +25,12 @@ LAYOUTS = (
     "u1652", "folder", "synthetic", "sues200", "cvusa", "cvact", "geoalign_release", "vigor", "denseuav",
     "map", "uav_visloc",
 )
-PROTOCOLS = ("u1652", "geoalign", "cvft", "vigor", "map")
+PROTOCOLS = ("u1652", "geoalign", "cvft", "vigor", "map", "vpr")
+# Each layout's natural retrieval direction: dataset.mode when it is not set.
+DEFAULT_MODES = {"vigor": "G2S", "cvusa": "G2A", "cvact": "G2A"}
+DEFAULT_MODE = "D2S"
+# R@K reported when retrieve.ks is not set: VPR-methods-evaluation's --recall_values, else R@1/5/10.
+DEFAULT_KS = {"vpr": [1, 5, 10, 20]}
 
 
 def _choices(*values: Any, default: Any) -> Any:
@@ -58,7 +63,9 @@ class DatasetConfig:
     layout: str = _choices(*LAYOUTS, default="u1652")
     root: str | None = None
     split: str = "test"  # u1652/sues200: test | train; cvusa/cvact: train | val (test = val)
-    mode: str = "D2S"  # D2S, S2D (also G2S, S2G, D2G, G2D for street views); cvusa/cvact: G2A, A2G
+    # D2S, S2D (also G2S, S2G, D2G, G2D for street views); cvusa/cvact: G2A, A2G. Unset: the layout's
+    # natural direction (vigor G2S, cvusa/cvact G2A, every other layout D2S)
+    mode: str | None = None
     views: list[str] = field(default_factory=list)  # empty: the query and gallery views of `mode`
     altitude: int | None = None  # SUES-200 flight height (150, 200, 250, 300)
     model: str = "dinov3_vith16plus"  # geoalign_release: the feats_test/<model> folder
@@ -71,6 +78,10 @@ class DatasetConfig:
     frame_interval_s: float | None = None  # seconds between frames of a sequence whose frames have no time
     regions: list[str] = field(default_factory=list)  # layout=uav_visloc: region folders; empty = all
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode is None:
+            self.mode = DEFAULT_MODES.get(self.layout, DEFAULT_MODE)
 
 
 @dataclass
@@ -86,6 +97,16 @@ class BackboneConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each rank's local GPU)
     dtype: str = _choices("auto", "float32", "bfloat16", default="auto")
     compile: bool = False  # torch.compile the backbone (worth it on GPU for long runs)
+
+    def __post_init__(self) -> None:
+        # YAML reads `{depth:3}` (no space after the colon) as one key "depth:3" with no value.
+        for k, v in self.arch.items():
+            if isinstance(k, str) and ":" in k and v is None:
+                name, _, value = k.partition(":")
+                raise UserError(
+                    f"backbone.arch key {k!r} has no value: YAML needs a space after the colon; write "
+                    f"{{{name.strip()}: {value.strip()}}} instead of {{{k}}}"
+                )
 
 
 @dataclass
@@ -189,7 +210,10 @@ class RetrieveConfig:
     query: str | None = None
     gallery: str | None = None
     protocol: str = _choices(*PROTOCOLS, default="u1652")
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    ks: list[int] = field(default_factory=list)  # empty: R@1/5/10 (vpr: R@1/5/10/20, as VPR-methods-evaluation)
+    # cosine: inner product of L2-normalized rows; l2: Euclidean distance on the rows as stored (VPR code)
+    metric: str = _choices("cosine", "l2", default="cosine")
+    positive_radius_m: float = 25.0  # protocol=vpr: gallery items within this many metres are positives
     topk: int | None = None  # top-K list length; None = 10, or the gallery size if smaller; larger = error
     device: str = "auto"
     # flat: exact top-K from the metrics pass; ivf_flat | ivf_pq | hnsw: a FAISS index, cached per gallery
@@ -227,6 +251,12 @@ class RetrieveConfig:
     locate: LocateConfig = field(default_factory=LocateConfig)  # protocol=map: estimated positions
 
     def __post_init__(self) -> None:
+        if not self.ks:
+            self.ks = list(DEFAULT_KS.get(self.protocol, [1, 5, 10]))
+        if not self.positive_radius_m > 0:
+            raise UserError(
+                f"retrieve.positive_radius_m must be a positive distance in metres, got {self.positive_radius_m}; e.g. 25"
+            )
         positive = {
             "nprobe": self.nprobe,
             "hnsw_m": self.hnsw_m,

@@ -82,3 +82,17 @@ def default_retrieval_pair(cfg: Config) -> tuple[str, str]:
         return aligned_alias(cfg, q), aligned_alias(cfg, g)
     layer = cfg.backbone.layers[-1]
     return extracted_alias(cfg, q, layer), extracted_alias(cfg, g, layer)
+
+
+def stages_needed(cfg: Config) -> tuple[bool, bool]:
+    """(extract, align) for a run: which stages it needs, from which inputs the config names.
+
+    Named alignment inputs (``align.query`` and ``align.gallery``, e.g. imported entries) need no
+    dataset: nothing is extracted. Named retrieval inputs (``retrieve.query`` and ``retrieve.gallery``)
+    without named alignment inputs need neither extraction nor alignment.
+    """
+    if cfg.align.query and cfg.align.gallery:
+        return False, True
+    if cfg.retrieve.query and cfg.retrieve.gallery:
+        return False, False
+    return True, True

@@ -14,7 +14,9 @@ from cvgl.core.errors import UserError
 from rich.console import Console
 
 
-def cache_commands(open_store: Callable[[], CacheStore], say: Callable[[str], None], out: Console) -> typer.Typer:
+def cache_commands(
+    open_store: Callable[[], CacheStore], say: Callable[[str], None], out: Console
+) -> typer.Typer:
     """The ``cache`` command group: ``open_store()`` opens the cache the command line names, ``say`` prints
     a message (unless quiet), ``out`` prints results."""
     app = typer.Typer(no_args_is_help=True, help="Inspect and maintain the feature cache.")
@@ -113,7 +115,9 @@ def cache_commands(open_store: Callable[[], CacheStore], say: Callable[[str], No
         alias: str | None = typer.Option(
             None, "--alias", help="Alias (GeoAlign folders: prefix of <alias>.<sat|dro>@<layer>)."
         ),
-        labels: Path | None = typer.Option(None, "--labels", help=".npy of int labels (for .npy descriptors)."),
+        labels: Path | None = typer.Option(
+            None, "--labels", help=".npy of int labels (for .npy descriptors)."
+        ),
         names: Path | None = typer.Option(
             None, "--names", help="Text file, one name per line (for .npy descriptors)."
         ),
@@ -121,20 +125,39 @@ def cache_commands(open_store: Callable[[], CacheStore], say: Callable[[str], No
             "auto",
             "--format",
             help="auto | npy | h5 | geoalign | mat (University-1652 pytorch_result.mat) | hloc (global-descriptor "
-            "HDF5) | vpr (VPR-methods-evaluation log folder)",
+            "HDF5) | vpr (VPR-methods-evaluation log folder); a .csv is a positions table (name,lat,lon or "
+            "name,utm_east,utm_north) for the entry --alias",
+        ),
+        prefix: list[str] = typer.Option(
+            [],
+            "--prefix",
+            help="hloc: PREFIX=ROLE, repeatable; one entry <alias>.<ROLE> per image-name prefix "
+            "(e.g. --prefix db/=gallery --prefix query/=query).",
         ),
     ) -> None:
-        """Import descriptors into the cache: plain arrays or GeoAlign's torch-saved feature folders."""
+        """Import descriptors into the cache: plain arrays, GeoAlign folders, other tools' files, positions."""
+        from cvgl.cache.formats import parse_prefixes
         from cvgl.cache.interop import import_any
 
-        for alias_, key, n in import_any(open_store(), source, alias=alias, labels=labels, names=names, fmt=fmt):
+        got = import_any(
+            open_store(),
+            source,
+            alias=alias,
+            labels=labels,
+            names=names,
+            fmt=fmt,
+            prefixes=parse_prefixes(prefix),
+        )
+        for alias_, key, n in got:
             say(f"imported {alias_}  ({n} rows, key {key[:12]})")
 
     @app.command("export")
     def cmd_cache_export(
         ref: str,
         fmt: str = typer.Option(
-            "npy", "--format", help="npy | geoalign | mat (one side of <out>/pytorch_result.mat; --view query|gallery)"
+            "npy",
+            "--format",
+            help="npy | geoalign | mat (one side of <out>/pytorch_result.mat; --view query|gallery)",
         ),
         dest: Path = typer.Option(..., "--out", help="Output folder."),
         view: str | None = typer.Option(

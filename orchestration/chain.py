@@ -131,16 +131,20 @@ def retrieve(
 
 
 def run(cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress | None = None) -> StageResult:
-    """extract → align → retrieve in one run folder; each stage reuses what the cache holds."""
+    """extract → align → retrieve in one run folder; each stage reuses what the cache holds. Named
+    alignment inputs skip extraction; named retrieval inputs skip alignment too (``stages_needed``)."""
     from cvgl.align.stage import run_alignment
+    from cvgl.datasets.naming import stages_needed
     from cvgl.extract.distributed import extract as run_extraction
 
     report = progress or SilentProgress()
 
     def work(cfg: Config, store: CacheStore, folder: RunFolder) -> StageResult:
-        entries = run_extraction(cfg, store, progress=report)
+        # Named inputs (imported entries) skip the stages that would produce them.
+        extract_needed, align_needed = stages_needed(cfg)
+        entries = run_extraction(cfg, store, progress=report) if extract_needed else []
         folder.record_keys({e.alias: e.key for e in entries})
-        aligned = run_alignment(cfg, store, folder, log=report.log)
+        aligned = run_alignment(cfg, store, folder, log=report.log) if align_needed else []
         metrics = _retrieval(cfg, store, folder, report)
         return StageResult(None, entries=entries, aligned=aligned, metrics=metrics)
 

@@ -208,6 +208,7 @@ def run_point(task: PointTask) -> dict[str, Any]:
     """
     import torch
     from cvgl.align.stage import run_alignment
+    from cvgl.datasets.naming import stages_needed
     from cvgl.extract.runner import run_extraction
     from cvgl.orchestration.chain import in_run_folder
     from cvgl.retrieve.runner import run_retrieval
@@ -230,11 +231,16 @@ def run_point(task: PointTask) -> dict[str, Any]:
             worker={"host": socket.gethostname(), "pid": os.getpid(), "torch_threads": torch.get_num_threads()},
         )
         t0 = time.perf_counter()
+        extract_needed, align_needed = stages_needed(cfg)  # named inputs skip stages
         # The sweep extracted first; here every entry is found in the cache (no second launcher).
-        entries = run_extraction(replace(cfg, extract=replace(cfg.extract, launcher="none")), store)
+        entries = (
+            run_extraction(replace(cfg, extract=replace(cfg.extract, launcher="none")), store)
+            if extract_needed
+            else []
+        )
         run.record_keys({e.alias: e.key for e in entries})
         t1 = time.perf_counter()
-        aligned = run_alignment(cfg, store, run)
+        aligned = run_alignment(cfg, store, run) if align_needed else []
         t2 = time.perf_counter()
         metrics = run_retrieval(cfg, store, run)
         t3 = time.perf_counter()
@@ -455,6 +461,7 @@ def _run_locked(
     say: Callable[[str], None],
 ) -> SweepResult:
     from cvgl.cache.store import CacheStore
+    from cvgl.datasets.naming import stages_needed
     from cvgl.extract.distributed import extract as run_extraction
 
     points = sweep.points
@@ -476,6 +483,9 @@ def _run_locked(
         if p.index not in refused:
             groups.setdefault(p.group, []).append(p)
     for n, members in enumerate(groups.values()):
+        if not stages_needed(members[0].config)[0]:  # imported entries: nothing to extract
+            runnable += members
+            continue
         try:
             entries = run_extraction(members[0].config, store, progress=progress)
             fresh = sum(not e.reused for e in entries)

@@ -11,6 +11,8 @@ GPS metrics (``retrieve.geo=true``), from the top-K lists of the exact pass (jun
   ``m`` metres, by the haversine formula with Earth radius 6,378.137 km (the script's ``latlog2meter``).
 * ``dist_m_mean`` / ``dist_m_median`` -- of that top-1 distance in metres.
 
+Radius positives (``protocol=vpr``) read every row's position through :func:`entry_positions_of`.
+
 Positions come from a file in DenseUAV's ``Dense_GPS_ALL.txt`` format (one line per image,
 ``<path> E<lon> N<lat> …``; an image's location id is the folder above it, and, as in DenseUAV's
 scripts, the last line of a location wins), given as ``dataset.gps`` or found as ``Dense_GPS_ALL.txt``
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cvgl.core.errors import UserError
+from cvgl.datasets.vpr_positions import PointPositions
 
 if TYPE_CHECKING:
     from cvgl.cache.store import CacheStore, Entry
@@ -243,3 +246,71 @@ def entry_positions(
         positions_for(q_names, gps=gps, root=q_root, what="query"),
         positions_for(g_names, gps=gps, root=g_root, what="gallery"),
     )
+
+
+def stored_positions_file(store: CacheStore, entry: Entry) -> Path | None:
+    """The positions table kept beside ``entry`` (``point_positions.csv`` in its folder, written by
+    ``pipeline cache import``), else beside the entry it was computed from (aligned entries keep their
+    parents' rows and names); None when there is none."""
+    from cvgl.cache.manifest import read_manifest
+    from cvgl.datasets.vpr_positions import POSITIONS_TABLE
+
+    key, manifest = entry.key, entry.manifest
+    for _ in range(5):
+        p = store.entry_dir(key) / POSITIONS_TABLE
+        if p.is_file():
+            return p
+        if not manifest.parents:
+            return None
+        key = manifest.parents[0]
+        try:
+            found = read_manifest(store.entry_dir(key))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if found is None:
+            return None
+        manifest = found
+    return None
+
+
+def entry_positions_of(
+    cfg: Any, store: CacheStore, entry: Entry, names: Sequence[str], what: str, root: Path | None = None
+) -> PointPositions:
+    """Every row's position for radius positives (``protocol=vpr``): the one place positions are read.
+
+    Sources, first found wins: ``dataset.gps`` (DenseUAV's format, lat/lon); the positions table stored
+    beside the entry or its parents; VPR-style ``@utm_east@utm_north@…`` names; ``Dense_GPS_ALL.txt`` at
+    the dataset root ``root`` or VIGOR names. A row without a position is a UserError naming how to give one.
+    """
+    from cvgl.datasets.vpr_positions import LATLON, lookup, positions_from_names, read_positions_csv
+
+    def latlon_from_gps(root: Path | None) -> PointPositions:
+        lonlat = positions_for(names, gps=cfg.dataset.gps, root=root, what=what)
+        return PointPositions(LATLON, lonlat[:, ::-1].copy())
+
+    if cfg.dataset.gps:
+        return latlon_from_gps(None)
+    table = stored_positions_file(store, entry)
+    if table is not None:
+        kind, rows = read_positions_csv(table)
+        pos = lookup(rows, kind, names)
+        missing = pos.missing()
+        if missing.size:
+            raise UserError(
+                f"{table} has no position for {missing.size} of {len(names)} {what} rows, e.g. "
+                f"{names[int(missing[0])]!r}; import a positions.csv that lists every name "
+                f"(pipeline cache import positions.csv --alias {entry.label})"
+            )
+        return pos
+    pos = positions_from_names(names)
+    if pos is not None:
+        return pos
+    try:
+        return latlon_from_gps(root)
+    except UserError:
+        raise UserError(
+            f"protocol=vpr needs a position for every {what} row and {what} entry {entry.label} has none "
+            f"(e.g. {names[0]!r}); name images @utm_east@utm_north@…@.jpg as VPR-methods-evaluation does, set "
+            f"dataset.gps=FILE, or import a positions.csv (name,lat,lon) with pipeline cache import "
+            f"positions.csv --alias {entry.label}"
+        ) from None

@@ -22,13 +22,20 @@ Protocols (the README's "Metric protocols" table says where each definition come
   lies inside the tile's footprint (labels play no part). The exact top-K lists come from
   :func:`topk_lists`; R@K, metres, MA and SDM from them in :mod:`retrieve.locate`.
 
+* ``vpr`` -- VPR-methods-evaluation's ``main.py``: a query's positives are the gallery items within a
+  radius of it (``positives``: per query, the gallery rows, as ``radius_neighbors`` gives them); R@N =
+  share of queries with a positive among the first N predictions, i.e. first positive's rank < N. Labels
+  are not read (no junk); no AP and no R@1%. Its ranking is by L2 distance on the raw descriptors:
+  ``metric="l2"``.
+
 Under every protocol a query without any positive counts in the denominator but adds nothing, all
 averages divide by the number of queries, ``G`` is the number of gallery items as given (junk included,
 as the baseline's ``len(gallery_label)``), and results are percentages. R@k for k larger than the
 gallery saturates (as in GeoAlign's evaluation) instead of failing.
 
 Scores are inner products ``query @ gallery.T`` (descriptors are usually L2-normalised, but nothing here
-relies on it). The rank of a positive is the number of non-junk gallery items with a strictly greater
+relies on it), or with ``metric="l2"`` minus squared Euclidean distances ``2 q.g - |q|^2 - |g|^2``
+(the decomposition FAISS's exact L2 search uses), so "greater score" is always "better". The rank of a positive is the number of non-junk gallery items with a strictly greater
 score, with two tie rules: a negative whose score *equals* the positive's does not count (ties go in
 the query's favour), and positives with equal scores take consecutive ranks. On tie-free data this is
 exactly the reference's full-sort ranking; on ties the reference's order is arbitrary (argsort), so no
@@ -68,9 +75,13 @@ from cvgl.core.errors import UserError
 # The rank/AP protocols (u1652's full-ranking family), and every protocol including Sample4Geo's
 # VIGOR evaluation, which reports a hit rate instead of AP.
 PROTOCOLS = ("u1652", "geoalign", "cvft")
-ALL_PROTOCOLS = (*PROTOCOLS, "vigor")
+ALL_PROTOCOLS = (*PROTOCOLS, "vigor", "vpr")
 # Protocols whose positives come from positions, not labels (retrieve/locate.py computes their metrics).
 POSITION_PROTOCOLS = ("map",)
+# Protocols whose positives are not defined by labels (no junk either): pairs by row, positions.
+_LABEL_FREE = ("cvft", "vpr")
+# Scores: inner product (cosine on unit rows), or minus the squared Euclidean distance.
+METRICS = ("ip", "l2")
 JUNK_LABEL = -1
 
 # Target size of one block's score matrix (float32 queries x gallery-chunk items).
@@ -112,6 +123,8 @@ def evaluate(
     device: str | torch.device = "cpu",
     block_size: int | None = None,
     semi_positives: np.ndarray | None = None,
+    metric: str = "ip",
+    positives: Sequence[np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], QueryResults]:
     """Evaluate in-memory query and gallery descriptors; returns (metrics in percent, per-query results)."""
     return evaluate_streaming(
@@ -124,6 +137,8 @@ def evaluate(
         device=device,
         block_size=block_size,
         semi_positives=semi_positives,
+        metric=metric,
+        positives=positives,
     )
 
 
@@ -138,6 +153,8 @@ def evaluate_streaming(
     device: str | torch.device = "cpu",
     block_size: int | None = None,
     semi_positives: np.ndarray | None = None,
+    metric: str = "ip",
+    positives: Sequence[np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], QueryResults]:
     """Evaluate against a gallery given as chunks ``(descriptors [n_i, d], labels [n_i])``, in row order.
 
@@ -145,7 +162,9 @@ def evaluate_streaming(
     each time (labels may be None under ``cvft``). Only one chunk (two while the first is peeked at)
     is held in memory at a time. ``block_size`` = queries per block (default: a ~256 MB score block).
     ``semi_positives`` (``vigor`` only): int64 ``[n_q, m]`` gallery labels of each query's semi-positives,
-    -1 for none; without them ``hit_rate`` equals R@1.
+    -1 for none; without them ``hit_rate`` equals R@1. ``metric``: ``ip`` (inner product) or ``l2``
+    (Euclidean distance on the descriptors as given). ``positives`` (``vpr`` only): per query, an int
+    array of its positive gallery rows.
     """
     protocol = _check_protocol(protocol)
     ks = _check_ks(ks)
@@ -164,6 +183,8 @@ def evaluate_streaming(
     second = next(first_iter, None)
     ev = _Evaluation(q, ql, protocol, int(topk), dev, block_size)
     ev.set_semi_positives(semi_positives)
+    ev.set_metric(metric)
+    ev.set_row_positives(positives)
     with torch.inference_mode():
         if second is None:
             # One chunk: a single pass, thresholds taken from the very score blocks that are counted.
@@ -282,6 +303,8 @@ def summarize(results: QueryResults, protocol: str, n_gallery: int, ks: Sequence
         hit = results.hit if results.hit is not None else (first == 0)
         out["hit_rate"] = 100.0 * float(np.count_nonzero(found & np.asarray(hit, dtype=bool))) / n_q
         return out
+    if protocol == "vpr":
+        return out  # main.py reports R@N only
     if protocol == "cvft":
         # CVFT's validate(dist, top_k=int(0.01 * N)) counts rank < int(0.01 * N).
         out["R@1%"] = 100.0 * float(np.count_nonzero(found & (first < int(0.01 * n_gallery)))) / n_q
@@ -349,7 +372,7 @@ def _as_descriptors(x: Any, what: str, dim: int | None = None) -> np.ndarray:
 def _as_labels(labels: Any, n: int, what: str, protocol: str) -> np.ndarray | None:
     """Return labels as int64 [n] (None allowed under cvft, which ignores them)."""
     if labels is None:
-        if protocol == "cvft":
+        if protocol in _LABEL_FREE:
             return None
         raise UserError(f"{what} labels are missing; protocol {protocol!r} needs a label per {what} item")
     if isinstance(labels, torch.Tensor):
@@ -417,6 +440,10 @@ class _Evaluation:
     # vigor: semi-positive (label, query) pairs sorted by label; None for every other protocol.
     _semi_lab: np.ndarray | None = None
     _semi_q: np.ndarray | None = None
+    # vpr: positive (gallery row, query) pairs sorted by row; None for every other protocol.
+    _row_g: np.ndarray | None = None
+    _row_q: np.ndarray | None = None
+    metric = "ip"
 
     def __init__(
         self,
@@ -485,7 +512,7 @@ class _Evaluation:
         rows = np.arange(offset, offset + n_rows, dtype=np.int64)
         if self.protocol == "cvft" and lab is not None and self.ql is not None and not second_pass:
             self._check_cvft_pairs(rows, lab)
-        if self.protocol != "cvft" and n_rows:
+        if self.protocol not in _LABEL_FREE and n_rows:
             keep = lab != JUNK_LABEL
             if not keep.all():
                 desc, rows, lab = desc[keep], rows[keep], lab[keep]
@@ -523,6 +550,13 @@ class _Evaluation:
         if self.protocol == "cvft":
             cols = np.flatnonzero(chunk.rows < self.n_q)
             return chunk.rows[cols], cols
+        if self.protocol == "vpr":
+            # No junk is dropped under vpr, so a kept column is the row minus the chunk's offset.
+            assert self._row_g is not None and self._row_q is not None
+            lo, hi = np.searchsorted(self._row_g, [chunk.offset, chunk.offset + chunk.n_rows])
+            q_idx, cols = self._row_q[lo:hi], self._row_g[lo:hi] - chunk.offset
+            order = np.argsort(q_idx, kind="stable")
+            return q_idx[order], cols[order]
         assert self.ql is not None and chunk.labels is not None
         if chunk.n_kept == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -563,6 +597,32 @@ class _Evaluation:
         pairs = np.unique(np.stack([lab[keep], q[keep]], 1), axis=0)  # by label, duplicates dropped
         self._semi_lab, self._semi_q = pairs[:, 0].copy(), pairs[:, 1].copy()
 
+    def set_metric(self, metric: str) -> None:
+        """``ip``: scores are inner products; ``l2``: minus squared Euclidean distances."""
+        if metric not in METRICS:
+            raise UserError(f"unknown retrieval metric {metric!r}; choose one of {', '.join(METRICS)}")
+        self.metric = metric
+        if metric == "l2":
+            self._q_sq = np.einsum("ij,ij->i", self.q, self.q)
+
+    def set_row_positives(self, positives: Sequence[np.ndarray] | None) -> None:
+        """``vpr``: each query's positive gallery rows, stored as (row, query) pairs sorted by row."""
+        if self.protocol != "vpr":
+            return
+        if positives is None or len(positives) != self.n_q:
+            got = "none" if positives is None else f"{len(positives)} lists"
+            raise UserError(
+                f"protocol 'vpr' needs each query's positive gallery rows ({self.n_q} lists), got {got}; "
+                "give positions to both sides (see retrieve.positive_radius_m)"
+            )
+        sizes = np.array([len(p) for p in positives], dtype=np.int64)
+        g = np.concatenate([np.asarray(p, np.int64).reshape(-1) for p in positives]) if self.n_q else np.zeros(0, np.int64)
+        q = np.repeat(np.arange(self.n_q, dtype=np.int64), sizes)
+        pairs = np.unique(np.stack([g, q], 1), axis=0) if g.size else np.zeros((0, 2), np.int64)
+        if pairs.size and pairs[0, 0] < 0:
+            raise UserError(f"positive gallery row {int(pairs[0, 0])} is negative; rows count from 0")
+        self._row_g, self._row_q = pairs[:, 0].copy(), pairs[:, 1].copy()
+
     def semi_pairs(self, chunk: _Chunk) -> tuple[np.ndarray, np.ndarray]:
         """(query index, kept-column index) of every semi-positive pair in ``chunk``."""
         assert self._semi_lab is not None and self._semi_q is not None and chunk.labels is not None
@@ -597,13 +657,18 @@ class _Evaluation:
             raise UserError(
                 "the gallery is empty (0 descriptors): point the evaluation at a non-empty gallery"
             )
+        if self._row_g is not None and self._row_g.size and int(self._row_g[-1]) >= self.n_gallery:
+            raise UserError(
+                f"a positive names gallery row {int(self._row_g[-1])} but the gallery has {self.n_gallery} "
+                "rows; compute positives against this gallery"
+            )
         if self.protocol == "cvft" and self.n_gallery != self.n_q:
             raise UserError(
                 f"protocol 'cvft' pairs query i with gallery item i, but there are {self.n_q} queries and "
                 f"{self.n_gallery} gallery items; give one gallery item per query or use u1652/geoalign"
             )
         if self.k > self.n_kept:
-            what = "non-junk gallery items" if self.protocol != "cvft" else "gallery items"
+            what = "non-junk gallery items" if self.protocol not in _LABEL_FREE else "gallery items"
             raise UserError(
                 f"topk={self.k} exceeds the {self.n_kept} {what}; lower topk to at most {self.n_kept}"
             )
@@ -621,7 +686,10 @@ class _Evaluation:
         for s in range(0, qi.size, per):
             a = q[torch.from_numpy(qi[s : s + per])].to(self.dev)
             b = g[torch.from_numpy(cols[s : s + per])].to(self.dev)
-            scores[s : s + per] = (a * b).sum(1).cpu().numpy()
+            ip = (a * b).sum(1)
+            if self.metric == "l2":  # the same decomposition as the score blocks
+                ip = 2 * ip - (a * a).sum(1) - (b * b).sum(1)
+            scores[s : s + per] = ip.cpu().numpy()
         self._pos_q.append(qi)
         self._pos_s.append(scores)
 
@@ -638,6 +706,9 @@ class _Evaluation:
         identity = bool(np.array_equal(self.perm, np.arange(self.n_q)))
         qp = self.q if identity else self.q[self.perm]
         self._q_dev = torch.from_numpy(qp).to(self.dev)
+        if self.metric == "l2":
+            q_sq = self._q_sq if identity else self._q_sq[self.perm]
+            self._q_sq_dev = torch.from_numpy(np.ascontiguousarray(q_sq, dtype=np.float32)).to(self.dev)
         b = self.block_size or _queries_per_block(max_chunk_cols)
         n_pos_sorted = self.n_pos[self.perm]
         if not from_scores:
@@ -714,9 +785,12 @@ class _Evaluation:
         """Scores of the block's queries against the chunk's kept items: one matmul."""
         assert self._q_dev is not None
         qb = self._q_dev[blk.start : blk.stop]
-        return torch.mm(
-            qb, g.T, out=self.work.get("scores", (qb.shape[0], g.shape[0]), torch.float32, self.dev)
-        )
+        s = torch.mm(qb, g.T, out=self.work.get("scores", (qb.shape[0], g.shape[0]), torch.float32, self.dev))
+        if self.metric == "l2":
+            # -|q - g|^2 = 2 q.g - |g|^2 - |q|^2, in place on the score block.
+            g_sq = (g * g).sum(1)
+            s.mul_(2).sub_(g_sq[None, :]).sub_(self._q_sq_dev[blk.start : blk.stop, None])
+        return s
 
     def _merge_topk(self, blk: _Block, s: torch.Tensor, rows: torch.Tensor) -> None:
         v, i = torch.topk(s, min(self.k, s.shape[1]), dim=1)
@@ -752,7 +826,7 @@ class _Evaluation:
                 semi = blk.semi_above.cpu().numpy() if blk.semi_above is not None else 0
                 hit[sl] = (blk.n_pos > 0) & (first[sl] - semi == 0)
         inv = self.inv_perm
-        if self.protocol == "cvft":
+        if self.protocol in _LABEL_FREE:
             ap[:] = np.nan
         if self.protocol == "vigor":
             ap[:] = np.nan  # Sample4Geo's VIGOR evaluation has no AP

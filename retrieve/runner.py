@@ -8,6 +8,12 @@ k_reciprocal`` re-ranks query + gallery (small galleries) and reports metrics wi
 
 Writes into the output folder: ``metrics.json``, ``per_query.csv``, and with ``retrieve.report``
 ``recall_curve.png``, ``report.html`` and ``thumbs/``.
+
+``retrieve.metric``: ``cosine`` scores L2-normalized rows (rows whose stored norm is off 1 give one
+warning); ``l2`` ranks the rows as stored by Euclidean distance (VPR-methods-evaluation's IndexFlatL2).
+``protocol=vpr`` takes each query's positives within ``retrieve.positive_radius_m`` of its position
+(``retrieve.geo.entry_positions_of``). Exact duplicate gallery rows are counted as they stream and
+reported in one warning (they tie in every ranking).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,7 @@ from cvgl.retrieve.baseline import Baseline
 from cvgl.retrieve.image_roots import image_root
 from cvgl.retrieve.indexes import l2_normalize_rows
 from cvgl.retrieve.metrics import QueryResults
+from cvgl.retrieve.row_checks import NORM_TOLERANCE, RowHashes, RowNorms
 
 DEFAULT_TOPK = 10
 METRICS_SOURCE = "exact: retrieve.metrics, ranks of every positive over the whole gallery"
@@ -95,7 +103,18 @@ def run_retrieval(
         return _run_map(cfg, store, run, qe, ge, query, gallery, out_dir)
     ks = tuple(rc.ks)
     g_labels = ge.labels()
-    n_rankable = ge.count if protocol == "cvft" else int((g_labels != -1).sum())
+    label_free = protocol in ("cvft", "vpr")
+    n_rankable = ge.count if label_free else int((g_labels != -1).sum())
+    metric = rc.metric
+    if metric == "l2" and (rc.index != "flat" or rc.rerank != "none" or rc.multi_query):
+        raise UserError(
+            "retrieve.metric=l2 ranks by the exact pass only; set retrieve.index=flat, retrieve.rerank=none "
+            "and retrieve.multi_query=false, or use retrieve.metric=cosine"
+        )
+    if protocol == "vpr" and (rc.rerank != "none" or rc.multi_query):
+        raise UserError(
+            "protocol=vpr ranks each query image on its own; set retrieve.rerank=none and retrieve.multi_query=false"
+        )
     if n_rankable == 0:
         raise UserError(f"gallery {gallery} has only junk items (label -1); nothing can be retrieved")
     topk = resolve_topk(rc.topk, n_rankable, gallery)
@@ -111,9 +130,12 @@ def run_retrieval(
     device = str(resolve_device(rc.device, "retrieve.device", cuda_fallback=True))
 
     q_desc, q_labels, q_names = qe.read()
-    # Cosine, whatever produced the entries: rows are L2-normalised here, at scoring time (the exact
-    # pass, the ANN index and re-ranking alike), not trusted to be unit vectors already.
-    q_desc = l2_normalize_rows(q_desc, f"query set {query}")
+    q_norms, g_norms, g_hashes = RowNorms(), RowNorms(), RowHashes()
+    q_norms.add(q_desc)
+    if metric == "cosine":
+        # Cosine, whatever produced the entries: rows are L2-normalised here, at scoring time (the exact
+        # pass, the ANN index and re-ranking alike), not trusted to be unit vectors already.
+        q_desc = l2_normalize_rows(q_desc, f"query set {query}")
     n_views = q_desc.shape[0]
     if rc.multi_query:  # University-1652's multi-query: one query per location (retrieve/submission.py)
         from cvgl.retrieve.submission import multi_query
@@ -139,30 +161,56 @@ def run_retrieval(
         from cvgl.retrieve.baseline import folder_baseline
 
         folder_base = folder_baseline(rc.baseline, q_names)
-    semi, positions = None, None
-    if protocol == "vigor" or rc.geo:  # read before the expensive pass: a missing one fails fast
+    semi, positions, row_positives = None, None, None
+    if protocol in ("vigor", "vpr") or rc.geo:  # read before the expensive pass: a missing one fails fast
         from cvgl.retrieve import geo
 
         if protocol == "vigor":
             semi = geo.semi_positives_for(cfg, store, qe, query)
+        if protocol == "vpr":
+            from cvgl.datasets.vpr_positions import radius_positives
+
+            row_positives = radius_positives(
+                geo.entry_positions_of(cfg, store, qe, q_names, "query", image_root(store, qe.manifest)),
+                geo.entry_positions_of(cfg, store, ge, ge.names(), "gallery", image_root(store, ge.manifest)),
+                rc.positive_radius_m,
+            )
         if rc.geo:
             q_root, g_root = image_root(store, qe.manifest), image_root(store, ge.manifest)
             positions = geo.entry_positions(cfg, q_names, ge.names(), q_root, g_root)
 
+    passes = [0]
+
     def chunks():
+        # The first pass also checks the stored rows: their norms and exact duplicates (junk aside).
+        first = passes[0] == 0
+        passes[0] += 1
         offset = 0
         for d, lab, _ in ge.iter_chunks():
-            yield l2_normalize_rows(d, f"gallery {gallery}", offset), lab
+            if first:
+                g_norms.add(d)
+                g_hashes.add(d if label_free else d[lab != -1])
+            yield (l2_normalize_rows(d, f"gallery {gallery}", offset) if metric == "cosine" else d), lab
             offset += d.shape[0]
 
     summary, results = evaluate_streaming(
-        q_desc, q_labels, chunks, protocol, ks=ks, topk=topk, device=device, semi_positives=semi
+        q_desc,
+        None if protocol == "vpr" else q_labels,
+        chunks,
+        protocol,
+        ks=ks,
+        topk=topk,
+        device=device,
+        semi_positives=semi,
+        metric="ip" if metric == "cosine" else "l2",
+        positives=row_positives,
     )
     metrics: dict[str, Any] = {
         "protocol": protocol,
         "direction": f"{_view(qe)}->{_view(ge)}",
         "query": query,
         "gallery": gallery,
+        "metric": metric,
         **summary,
         "metrics_source": METRICS_SOURCE,
         "topk_source": "exact (the metrics pass)",
@@ -177,11 +225,23 @@ def run_retrieval(
             ge,
             q_names,
             lambda q, lab, ch: evaluate_streaming(
-                q, lab, ch, protocol, ks=ks, topk=1, device=device, semi_positives=semi
+                q,
+                lab,
+                ch,
+                protocol,
+                ks=ks,
+                topk=1,
+                device=device,
+                semi_positives=semi,
+                metric="ip" if metric == "cosine" else "l2",
+                positives=row_positives,
             ),
         )
     if baseline is not None:
         metrics["baseline"] = baseline.summary()
+    if protocol == "vpr":
+        metrics["positive_radius_m"] = rc.positive_radius_m
+    _warn_rows(metrics, metric, gallery, q_norms, g_norms, g_hashes)
     lists = (results.topk, results.topk_scores)
     if rc.index != "flat":
         ann, lists = _ann_lists(cfg, store, run, ge, g_labels, q_desc, results, topk, device, progress)
@@ -236,6 +296,7 @@ def run_retrieval(
             curves,
             n_rankable,
             baseline,
+            row_positives,
         )
     write_json_atomic(out_dir / "metrics.json", metrics)
     if out_dir == run.path:
@@ -280,6 +341,32 @@ def _run_map(
     if out_dir == run.path:
         run.record(metrics=metrics)
     return metrics
+
+
+def _warn_rows(
+    metrics: dict[str, Any], metric: str, gallery: str, q_norms: RowNorms, g_norms: RowNorms, g_hashes: RowHashes
+) -> None:
+    """Record duplicate gallery rows in ``metrics``; one warning for ties, one for cosine on raw rows."""
+    dup_rows, dup_groups = g_hashes.duplicates()
+    metrics["duplicate_gallery_rows"] = dup_rows
+    if dup_rows:
+        warnings.warn(
+            f"gallery {gallery} holds {dup_rows} rows that exactly duplicate another row ({dup_groups} groups); "
+            "duplicates tie in every ranking and ties go in the query's favour, so R@K can differ from a "
+            "reference that breaks ties by sort order (e.g. University-1652's argsort); deduplicate the "
+            "gallery to compare",
+            stacklevel=2,
+        )
+    if metric != "cosine":
+        return
+    off = [d for d in (q_norms.describe("query"), g_norms.describe("gallery")) if d]
+    if off:
+        warnings.warn(
+            f"retrieve.metric=cosine on descriptors that are not normalized: {' and '.join(off)} have an L2 "
+            f"norm off 1 by more than {NORM_TOLERANCE:g}; they are normalized at scoring time, which ranks "
+            "differently from L2 on the raw rows; set retrieve.metric=l2 to rank as VPR code does",
+            stacklevel=2,
+        )
 
 
 def _ann_lists(
@@ -386,6 +473,7 @@ def _write_reports(
     curves: list[tuple[str, np.ndarray]],
     n_rankable: int,
     baseline: Baseline | None,
+    row_positives: list[np.ndarray] | None = None,
 ) -> dict[str, str]:
     from cvgl.retrieve.reports import (
         ReportData,
@@ -415,11 +503,15 @@ def _write_reports(
         ap=final.ap,
         topk=lists[0],
         topk_scores=-lists[1] if reranked else lists[1],
-        correct=correct_matrix(lists[0], q_labels, g_labels, rc.protocol),
+        correct=(
+            correct_matrix(lists[0], q_labels, g_labels, rc.protocol)
+            if row_positives is None
+            else np.array([np.isin(row, pos) for row, pos in zip(lists[0], row_positives)], dtype=bool)
+        ),
         q_root=image_root(store, qe.manifest),
         g_root=image_root(store, ge.manifest),
         topk_source=metrics["topk_source"],
-        score_name="re-ranked distance" if reranked else "score",
+        score_name="re-ranked distance" if reranked else ("-(L2 distance)^2" if rc.metric == "l2" else "score"),
         subtitle=compared,
         g_labels=None if rc.protocol == "cvft" else g_labels,
         baseline_first=None if baseline is None else baseline.first_rank,
