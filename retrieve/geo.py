@@ -273,13 +273,37 @@ def stored_positions_file(store: CacheStore, entry: Entry) -> Path | None:
     return None
 
 
+def _positions_h5_of(store: CacheStore, entry: Entry) -> tuple[Path, dict] | None:
+    """(entry folder, manifest ``extra["positions"]``) of the ``positions.h5`` kept with ``entry`` or the
+    entry it was computed from (aligned entries keep their parents' rows and names); None when none."""
+    from cvgl.cache.manifest import read_manifest
+
+    key, manifest = entry.key, entry.manifest
+    for _ in range(5):
+        info = manifest.extra.get("positions")
+        if isinstance(info, dict):
+            return store.entry_dir(key), info
+        if not manifest.parents:
+            return None
+        key = manifest.parents[0]
+        try:
+            found = read_manifest(store.entry_dir(key))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if found is None:
+            return None
+        manifest = found
+    return None
+
+
 def entry_positions_of(
     cfg: Any, store: CacheStore, entry: Entry, names: Sequence[str], what: str, root: Path | None = None
 ) -> PointPositions:
     """Every row's position for radius positives (``protocol=vpr``): the one place positions are read.
 
-    Sources, first found wins: ``dataset.gps`` (DenseUAV's format, lat/lon); the positions table stored
-    beside the entry or its parents; VPR-style ``@utm_east@utm_north@…`` names; ``Dense_GPS_ALL.txt`` at
+    Sources, first found wins: ``dataset.gps`` (DenseUAV's format, lat/lon); the entry's ``positions.h5``
+    (map tiles' centres, frames' positions; or its parent's) when every row has one; the positions table
+    stored beside the entry or its parents; VPR-style ``@utm_east@utm_north@…`` names; ``Dense_GPS_ALL.txt`` at
     the dataset root ``root`` or VIGOR names. A row without a position is a UserError naming how to give one.
     """
     from cvgl.datasets.vpr_positions import LATLON, lookup, positions_from_names, read_positions_csv
@@ -290,6 +314,14 @@ def entry_positions_of(
 
     if cfg.dataset.gps:
         return latlon_from_gps(None)
+    stored = _positions_h5_of(store, entry)
+    if stored is not None:
+        from cvgl.datasets.positions import read_positions
+
+        h5 = read_positions(stored[0], stored[1], names)
+        latlon = np.stack([h5.lat, h5.lon], axis=1)
+        if not np.isnan(latlon).any():
+            return PointPositions(LATLON, latlon)
     table = stored_positions_file(store, entry)
     if table is not None:
         kind, rows = read_positions_csv(table)

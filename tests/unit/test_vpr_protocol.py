@@ -107,3 +107,32 @@ def test_latlon_radius_is_great_circle():
     )
     pos = radius_positives(PointPositions("latlon", np.array([[lat0, lon0]])), g, 25.0)
     assert pos[0].tolist() == [0, 2]
+
+
+def test_vpr_reads_an_entrys_positions_h5(tmp_path):
+    """The one reader joins the positions.h5 kept with an entry (map tiles, frames) for radius positives."""
+    from types import SimpleNamespace
+
+    from cvgl.configs.schema import load_config
+    from cvgl.datasets.positions import Positions, write_positions
+    from cvgl.retrieve.geo import entry_positions_of
+
+    names = ["a.jpg", "b.jpg"]
+    nan = np.full(2, np.nan)
+    p = Positions(
+        names=names,
+        lat=np.array([45.0, 45.001]),
+        lon=np.array([7.0, 7.0]),
+        footprint=np.full((2, 4, 2), np.nan),
+        time=nan,
+        height=nan,
+        yaw=nan,
+        sequence=["", ""],
+    )
+    info = write_positions(p, tmp_path)["positions"]
+    entry = SimpleNamespace(
+        key="k", label="e", manifest=SimpleNamespace(extra={"positions": info}, parents=[])
+    )
+    store = SimpleNamespace(entry_dir=lambda key: tmp_path)
+    got = entry_positions_of(load_config(None, ["protocol=vpr"]), store, entry, names[::-1], "gallery")
+    assert got.kind == "latlon" and got.xy.tolist() == [[45.001, 7.0], [45.0, 7.0]]
