@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.helpers import cli
-from tests.test_geoalign_release import BACKBONE, write_release
+from tests.unit.test_geoalign_release import BACKBONE, write_release
 
 # GeoAlign stream 1, small enough for seconds on one core (the fake release's layer width is 24).
 STREAM1 = [
