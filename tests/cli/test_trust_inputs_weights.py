@@ -66,7 +66,7 @@ def test_a_vgg_weights_folder_is_refused_unread(tmp_path):
     folder = tmp_path / "vggdir"
     folder.mkdir()
     os.mkfifo(folder / "pipe")
-    p = cli("extract", "demo", "backbone.name=vgg16", "backbone.layers=[conv5_3]", f"backbone.weights={folder}", "out=r",
+    p = cli("extract", "demo", "backbone.name=vgg16", "backbone.arch={}", "backbone.layers=[conv5_3]", f"backbone.weights={folder}", "out=r",
             cache=tmp_path / "c", cwd=tmp_path, timeout=60)
     assert "is a folder; VGG16 weights are one file" in one_error_line(p)
 
