@@ -194,12 +194,25 @@ def _has_georef(ds) -> bool:
     return ds.crs is not None and not ds.transform.is_identity
 
 
+def require_map_libraries() -> None:
+    """Maps are read with rasterio and placed with pyproj, the ``maps`` extra; without them, one line."""
+    try:
+        import pyproj  # noqa: F401
+        import rasterio  # noqa: F401
+    except ImportError as e:
+        raise UserError(
+            f"map layouts need rasterio and pyproj ({e}); install them with "
+            "pip install 'cvgl-pipeline[maps]'"
+        ) from None
+
+
 def open_map(path: str | os.PathLike, name: str, corners: Sequence[float] | None = None) -> MapGeo:
     """Read one map's header: size, georeference and metres per pixel (nothing of its pixels).
 
     ``corners`` (LT lat, LT lon, RB lat, RB lon, WGS84) georeference a TIFF that carries none; the
     TIFF's own georeference wins when it has one.
     """
+    require_map_libraries()
     from rasterio.enums import MaskFlags
 
     p = Path(path)
