@@ -340,7 +340,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cmd", nargs="?", default="bench", choices=("bench", "isms-curve"))
     ap.add_argument("--quick", action="store_true", help="smaller data (about a minute)")
-    ap.add_argument("--tiny", action="store_true", help="the size tests/test_align_benchmark.py runs")
+    ap.add_argument("--tiny", action="store_true", help="the size tests/e2e/test_align_benchmark.py runs")
     ap.add_argument("--transductive", action="store_true", help="train on the test entries themselves")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0, help="training seed")

@@ -69,7 +69,7 @@ step() {
 
 if [ "$smoke" = 1 ]; then
     # Limits are generous: they stop a hung step, and a shared CPU can be several times slower than idle.
-    step pytest 300 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_metrics.py
+    step pytest 300 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/unit/test_metrics.py
     step extract 300 "$py" benchmarks/bench_extract_gpu.py --small --images 16 --device cpu
     # University-1652 size takes minutes per epoch on a CPU: the smoke mode times the same trainer on
     # the synthetic benchmark's smallest world instead (the JSON says which).

@@ -554,7 +554,7 @@ def _check_shapes(
 
 
 # Meta name -> transformers name, inside blocks.N. (checked by numbers against Meta's code, see
-# benchmarks/README_dinov3.md, and against an independent forward in tests/test_dinov3.py).
+# benchmarks/README_dinov3.md, and against an independent forward in tests/unit/test_dinov3.py).
 _META_BLOCK_RENAMES = {
     "norm1.weight": "norm1.weight",
     "norm1.bias": "norm1.bias",

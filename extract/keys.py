@@ -4,7 +4,7 @@ An entry's key is the content key of :func:`entry_spec`: the backbone's identity
 digest, architecture overrides), the compute dtype, the preprocessing (:class:`Preprocess`), the layer
 and facet, the pooling, the storage dtype and the image list. Fields added after the first release
 appear only when they differ from their old defaults, so an entry extracted before keeps its key;
-``tests/test_keys_pinned.py`` pins the keys of a fixed configuration.
+``tests/e2e/test_keys_pinned.py`` pins the keys of a fixed configuration.
 """
 
 from __future__ import annotations

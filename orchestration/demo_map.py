@@ -75,7 +75,7 @@ def run_map_demo(
     progress=None,  # noqa: ANN001 - the command line's reporter (extraction progress), or None
 ) -> list[MapDemoRow]:
     """Generate the data, extract once, then align and locate with each method in ``out/<method>/``."""
-    from cvgl.align.runner import run_alignment
+    from cvgl.align.stage import run_alignment
     from cvgl.configs.schema import load_config
     from cvgl.core.run_folder import RunFolder
     from cvgl.extract.runner import run_extraction

@@ -24,7 +24,7 @@ from cvgl.align.synthetic import WorldConfig, align_overrides, make_splits, writ
 from cvgl.cache.store import CacheStore
 
 NAME = "demo_world"
-# The benchmark's --tiny world (tests/test_align_benchmark.py): 60 locations × 8 drone views and 30
+# The benchmark's --tiny world (tests/e2e/test_align_benchmark.py): 60 locations × 8 drone views and 30
 # distractor tiles, trained on 60 other locations. A smaller one (40 × 6) was tried: stream 1 then
 # stays at raw's level (45.0 vs 46.3 R@1), too little data for its adapter.
 SIZE = dict(n_locations=60, views_per_location=8, n_distractors=30)
