@@ -132,7 +132,8 @@ def bench_floor(args: argparse.Namespace) -> dict:
     """Seconds per stream-1 epoch at University-1652 size over the bare-matmul floor (module docstring)."""
     import statistics
 
-    from cvgl.align.train_stream1 import compute_dtype, stream1_batch_loss
+    from cvgl.align.train_stream1 import stream1_batch_loss
+    from cvgl.align.training import compute_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -78,7 +78,7 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
             run_extraction(cfg, CacheStore(tmp))
             seconds = time.perf_counter() - t0
     else:
-        from cvgl.align.train_stream1 import compute_dtype
+        from cvgl.align.training import compute_dtype
 
         d = torch.load(data / "descriptors.pt", weights_only=True)
         dtype = compute_dtype("auto", "cpu")
