@@ -18,7 +18,7 @@ Modes, both in the same run:
 * ``old``: torch's defaults: the OpenMP runtime loaded with no wait policy set (its threads spin
   while they wait) and as many threads as the affinity mask has cores; the child imports torch
   before ``cvgl`` so the package's settings cannot apply.
-* ``new``: what the tool does: the child imports ``cvgl`` first (a short spin, ``GOMP_SPINCOUNT``,
+* ``new``: what the tool does: the child imports ``cvgl`` first (``OMP_WAIT_POLICY=PASSIVE``
   unless set) and applies ``core.threads.apply_thread_policy`` as the CLI does at startup.
 
 Conditions: ``alone``, and ``loaded`` = beside two ``python -c "while True: pass"`` processes started
@@ -78,7 +78,7 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
             run_extraction(cfg, CacheStore(tmp))
             seconds = time.perf_counter() - t0
     else:
-        from cvgl.align.training import TrainerOptions, compute_dtype
+        from cvgl.align.training import compute_dtype
 
         d = torch.load(data / "descriptors.pt", weights_only=True)
         dtype = compute_dtype("auto", "cpu")
@@ -90,7 +90,7 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
             dims = adapter_dims({"in_dim": d["sat"].shape[1]}, {})
             cfg = Stream1Config(**dims, epochs=s1_epochs)
             t0 = time.perf_counter()
-            train_stream1(d["sat"], d["dro"], cfg, opts=TrainerOptions(dtype=dtype))
+            train_stream1(d["sat"], d["dro"], cfg, dtype=dtype)
             seconds = time.perf_counter() - t0
         else:
             from cvgl.align.isms import ISMSConfig, isms_input, train_isms
@@ -98,7 +98,7 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
             x = isms_input([d["layer0"], d["layer1"]])
             cfg = ISMSConfig(out_dim=x.shape[1] // 2, epochs=isms_epochs)
             t0 = time.perf_counter()
-            train_isms(x, cfg, opts=TrainerOptions(dtype=dtype))
+            train_isms(x, cfg, dtype=dtype)
             seconds = time.perf_counter() - t0
     return {
         "seconds": seconds,

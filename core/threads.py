@@ -11,14 +11,9 @@ unless the user set ``OMP_NUM_THREADS``, which always wins. The CLI applies it a
 while they wait for the others. On a machine whose cores are shared, a thread that was descheduled
 keeps every other thread spinning until it runs again, and the spinning takes the CPU time the late
 thread needs: training slowed 3–13× beside two busy processes on 2 cores, where a fair share is 2×
-(BENCHMARKS.md). GNU OpenMP (libgomp, which torch uses for all of its CPU kernels) spins for
-``GOMP_SPINCOUNT`` iterations before it sleeps: 300,000 (about 3 ms) by default, 0 under
-``OMP_WAIT_POLICY=PASSIVE``. Sleeping at once costs a wake-up on every parallel region (10–30 % on a
-quiet machine, measured), so the tool asks for a short spin, :data:`SPIN_COUNT` (about 0.2 ms): a
-waiting thread picks up the next region at once on a quiet machine and yields the core quickly on a
-busy one. OpenMP reads these once, when its runtime is loaded (``import torch``), so
-:func:`prepare_openmp_env` runs when the ``cvgl`` package is imported, before anything imports torch;
-a value the user set (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``) is kept.
+(BENCHMARKS.md). ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep instead. OpenMP reads it
+once, when its runtime is loaded (``import torch``), so :func:`prepare_openmp_env` runs when the
+``cvgl`` package is imported, before anything imports torch; a value the user set is kept.
 """
 
 from __future__ import annotations
@@ -30,9 +25,8 @@ from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
-#: Spin iterations (libgomp's ``GOMP_SPINCOUNT``) before a waiting OpenMP thread sleeps, when the
-#: user chose no wait policy: about 0.2 ms, against libgomp's default of about 3 ms.
-SPIN_COUNT = "20000"
+#: The wait policy the tool asks OpenMP for when the user did not choose one.
+WAIT_POLICY = "PASSIVE"
 
 
 def affinity_cores(affinity: Iterable[int] | None = None) -> int:
@@ -144,14 +138,14 @@ def prepare_openmp_env(
 ) -> None:
     """Set OpenMP's environment for the tool, keeping whatever the user set.
 
-    ``GOMP_SPINCOUNT`` = :data:`SPIN_COUNT` unless the user set it or ``OMP_WAIT_POLICY``; ``OMP_NUM_THREADS`` = :func:`available_cores`
+    ``OMP_WAIT_POLICY=PASSIVE`` unless a policy is set; ``OMP_NUM_THREADS`` = :func:`available_cores`
     when a cgroup quota makes that smaller than the affinity mask (OpenMP's own default) and the
     user set no count. Takes effect only if it runs before the OpenMP runtime is loaded, i.e. before
     ``import torch`` in this process; child processes inherit it through the environment either way.
     """
     env = os.environ if environ is None else environ
-    if not env.get("OMP_WAIT_POLICY") and not env.get("GOMP_SPINCOUNT"):
-        env["GOMP_SPINCOUNT"] = SPIN_COUNT
+    if not env.get("OMP_WAIT_POLICY"):
+        env["OMP_WAIT_POLICY"] = WAIT_POLICY
     if user_threads(env) is None:
         mask = affinity_cores(affinity)
         n = available_cores(affinity, cgroup_root, proc_cgroup)
@@ -171,7 +165,7 @@ def apply_thread_policy() -> int:
 
 
 __all__ = [
-    "SPIN_COUNT",
+    "WAIT_POLICY",
     "affinity_cores",
     "apply_thread_policy",
     "available_cores",
