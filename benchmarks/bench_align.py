@@ -173,8 +173,10 @@ def bench_floor(args: argparse.Namespace) -> dict:
         stamps: list[tuple[float, float]] = []
         t0 = (time.perf_counter(), time.process_time())
         train_stream1(
-            sat, dro, cfg.replace(epochs=args.epochs), dtype=dtype,
-            on_epoch=lambda e, s, st=stamps: st.append((time.perf_counter(), time.process_time())),
+            sat, dro, cfg.replace(epochs=args.epochs),
+            opts=TrainerOptions(
+                dtype=dtype, on_epoch=lambda e, s, st=stamps: st.append((time.perf_counter(), time.process_time()))
+            ),
         )
         per = [(b[0] - a[0], b[1] - a[1]) for a, b in zip([t0] + stamps[:-1], stamps)]
         runs.append([round(w, 3) for w, _ in per])

@@ -78,7 +78,7 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
             run_extraction(cfg, CacheStore(tmp))
             seconds = time.perf_counter() - t0
     else:
-        from cvgl.align.training import compute_dtype
+        from cvgl.align.training import TrainerOptions, compute_dtype
 
         d = torch.load(data / "descriptors.pt", weights_only=True)
         dtype = compute_dtype("auto", "cpu")
@@ -90,7 +90,7 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
             dims = adapter_dims({"in_dim": d["sat"].shape[1]}, {})
             cfg = Stream1Config(**dims, epochs=s1_epochs)
             t0 = time.perf_counter()
-            train_stream1(d["sat"], d["dro"], cfg, dtype=dtype)
+            train_stream1(d["sat"], d["dro"], cfg, opts=TrainerOptions(dtype=dtype))
             seconds = time.perf_counter() - t0
         else:
             from cvgl.align.isms import ISMSConfig, isms_input, train_isms
@@ -98,7 +98,7 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
             x = isms_input([d["layer0"], d["layer1"]])
             cfg = ISMSConfig(out_dim=x.shape[1] // 2, epochs=isms_epochs)
             t0 = time.perf_counter()
-            train_isms(x, cfg, dtype=dtype)
+            train_isms(x, cfg, opts=TrainerOptions(dtype=dtype))
             seconds = time.perf_counter() - t0
     return {
         "seconds": seconds,
