@@ -182,27 +182,14 @@ def geo_metrics(
 def load_semi_positives(store: CacheStore, entry: Entry) -> np.ndarray | None:
     """VIGOR semi-positives of ``entry``'s rows (int64 ``[n, 3]`` gallery labels), from its own
     ``semi_positives.h5`` or, for aligned entries, from the entry it was computed from; None if none."""
-    from cvgl.cache.manifest import read_manifest
+    from cvgl.cache.positions import inherited_extra
     from cvgl.datasets.layouts import read_semi_positives
 
-    manifest = entry.manifest
-    key = entry.key
-    for _ in range(5):
-        info = manifest.extra.get("semi_positives")
-        if isinstance(info, dict):
-            return read_semi_positives(store.entry_dir(key), info, entry.names())
-        if not manifest.parents:
-            return None
-        # An aligned entry keeps its parents' rows and names; follow the first parent.
-        key = manifest.parents[0]
-        try:
-            found = read_manifest(store.entry_dir(key))
-        except (OSError, ValueError, KeyError, TypeError):
-            found = None
-        if found is None:
-            return None
-        manifest = found
-    return None
+    found = inherited_extra(store, entry, "semi_positives")
+    if found is None:
+        return None
+    key, info = found
+    return read_semi_positives(store.entry_dir(key), info, entry.names())
 
 
 def geo_topk(requested: int | None, resolved: int, ks: Sequence[int], n_rankable: int) -> int:
