@@ -3,34 +3,39 @@
 
 from __future__ import annotations
 
-from cvgl.cache.manifest import read_manifest
+from collections.abc import Iterator
+
+from cvgl.cache.manifest import Manifest, read_manifest
 from cvgl.cache.store import CacheStore, Entry
 from cvgl.datasets.positions import Positions, read_positions
 
 
-def inherited_extra(store: CacheStore, entry: Entry, field: str) -> tuple[str, dict] | None:
-    """``(key, info)`` of the manifest field ``field`` (a file stored beside the shards, such as
-    ``positions`` or ``semi_positives``) of ``entry``, or of the entry it was computed from.
-
-    An aligned entry keeps its parent's rows and names but stores no such file of its own: its first
-    parent is read, following the chain. None when no entry on the chain has the field.
-    """
-    manifest = entry.manifest
-    key = entry.key
-    for _ in range(8):
-        info = manifest.extra.get(field)
-        if isinstance(info, dict):
-            return key, info
+def entry_chain(store: CacheStore, entry: Entry, depth: int = 8) -> Iterator[tuple[str, Manifest]]:
+    """``(key, manifest)`` of ``entry``, then of the entry it was computed from, and so on (an aligned
+    entry keeps its first parent's rows and names), while the parents' manifests can be read."""
+    key, manifest = entry.key, entry.manifest
+    for _ in range(depth):
+        yield key, manifest
         if not manifest.parents:
-            return None
+            return
         key = manifest.parents[0]
         try:
             found = read_manifest(store.entry_dir(key))
         except (OSError, ValueError, KeyError, TypeError):
-            found = None
+            return
         if found is None:
-            return None
+            return
         manifest = found
+
+
+def inherited_extra(store: CacheStore, entry: Entry, field: str) -> tuple[str, dict] | None:
+    """``(key, info)`` of the manifest field ``field`` (a file stored beside the shards, such as
+    ``positions`` or ``semi_positives``) of ``entry`` or of the entry it was computed from; None when
+    no entry on the chain has it."""
+    for key, manifest in entry_chain(store, entry):
+        info = manifest.extra.get(field)
+        if isinstance(info, dict):
+            return key, info
     return None
 
 

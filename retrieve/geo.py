@@ -239,48 +239,23 @@ def stored_positions_file(store: CacheStore, entry: Entry) -> Path | None:
     """The positions table kept beside ``entry`` (``point_positions.csv`` in its folder, written by
     ``pipeline cache import``), else beside the entry it was computed from (aligned entries keep their
     parents' rows and names); None when there is none."""
-    from cvgl.cache.manifest import read_manifest
+    from cvgl.cache.positions import entry_chain
     from cvgl.datasets.vpr_positions import POSITIONS_TABLE
 
-    key, manifest = entry.key, entry.manifest
-    for _ in range(5):
+    for key, _ in entry_chain(store, entry, depth=5):
         p = store.entry_dir(key) / POSITIONS_TABLE
         if p.is_file():
             return p
-        if not manifest.parents:
-            return None
-        key = manifest.parents[0]
-        try:
-            found = read_manifest(store.entry_dir(key))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if found is None:
-            return None
-        manifest = found
     return None
 
 
 def _positions_h5_of(store: CacheStore, entry: Entry) -> tuple[Path, dict] | None:
     """(entry folder, manifest ``extra["positions"]``) of the ``positions.h5`` kept with ``entry`` or the
     entry it was computed from (aligned entries keep their parents' rows and names); None when none."""
-    from cvgl.cache.manifest import read_manifest
+    from cvgl.cache.positions import inherited_extra
 
-    key, manifest = entry.key, entry.manifest
-    for _ in range(5):
-        info = manifest.extra.get("positions")
-        if isinstance(info, dict):
-            return store.entry_dir(key), info
-        if not manifest.parents:
-            return None
-        key = manifest.parents[0]
-        try:
-            found = read_manifest(store.entry_dir(key))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if found is None:
-            return None
-        manifest = found
-    return None
+    found = inherited_extra(store, entry, "positions")
+    return None if found is None else (store.entry_dir(found[0]), found[1])
 
 
 def entry_positions_of(
