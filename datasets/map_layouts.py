@@ -22,7 +22,6 @@ from cvgl.datasets.map_queries import flight_order, folder_queries
 from cvgl.datasets.maps import MapTiles, open_map, tile_maps, tile_of_positions, tiling_params
 from cvgl.datasets.positions import Positions
 
-MAP_LAYOUTS = ("map", "uav_visloc")
 MAP_VIEWS = ("query_drone", "gallery_satellite")
 
 
@@ -136,4 +135,4 @@ def map_image_lists(
     return out
 
 
-__all__ = ["MAP_LAYOUTS", "MAP_VIEWS", "map_image_lists"]
+__all__ = ["MAP_VIEWS", "map_image_lists"]

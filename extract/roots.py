@@ -10,8 +10,8 @@ from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
 from cvgl.core.keys import content_key
 from cvgl.core.path_errors import check_path_usable
-from cvgl.datasets.layouts import ImageList, list_images
-from cvgl.datasets.map_layouts import MAP_LAYOUTS, map_image_lists
+from cvgl.datasets.layouts import MAP_LAYOUTS, ImageList, list_images
+from cvgl.datasets.map_layouts import map_image_lists
 from cvgl.datasets.naming import dataset_views
 
 
