@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from cvgl.cache.naming import extracted_alias, query_gallery_views
 from cvgl.cache.shards import read_shard_rows
 from cvgl.cache.store import CacheStore, Entry
 from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
-from cvgl.datasets.naming import extracted_alias, pair_roles, query_gallery_views
+from cvgl.datasets.view_roles import pair_roles
 
 #: GeoAlign's branch names for the two roles (and the training views' names in the run digest).
 BRANCH = {"ground": "dro", "aerial": "sat"}

@@ -29,6 +29,7 @@ from cvgl.align.checkpoints import (
 from cvgl.align.inputs import Inputs, load_inputs
 from cvgl.align.registry import Method, MethodKey, default_key, get, resolve_params
 from cvgl.align.training import TrainerOptions
+from cvgl.cache.naming import aligned_alias
 from cvgl.cache.store import CacheStore
 from cvgl.configs.schema import Config
 from cvgl.core.atomic import write_text_atomic
@@ -36,7 +37,6 @@ from cvgl.core.devices import resolve_device
 from cvgl.core.diskspace import disk_full_is_user_error
 from cvgl.core.keys import content_key
 from cvgl.core.run_folder import RunFolder
-from cvgl.datasets.naming import aligned_alias
 
 LogFn = Callable[[str, int, int, dict], None]  # (description, epoch, epochs, losses)
 # Per-epoch values shown in progress (all numeric ones go to history.jsonl).

@@ -20,15 +20,9 @@ from typing import Any
 import yaml
 from cvgl.core.bounded_yaml import YAMLBoundError, load_yaml
 from cvgl.core.errors import UserError
+from cvgl.datasets.layouts.registry import LAYOUT_NAMES, default_mode
 
-LAYOUTS = (
-    "u1652", "folder", "synthetic", "sues200", "cvusa", "cvact", "geoalign_release", "vigor", "denseuav",
-    "map", "uav_visloc",
-)
 PROTOCOLS = ("u1652", "geoalign", "cvft", "vigor", "map", "vpr")
-# Each layout's natural retrieval direction: dataset.mode when it is not set.
-DEFAULT_MODES = {"vigor": "G2S", "cvusa": "G2A", "cvact": "G2A"}
-DEFAULT_MODE = "D2S"
 # R@K reported when retrieve.ks is not set: VPR-methods-evaluation's --recall_values, else R@1/5/10.
 DEFAULT_KS = {"vpr": [1, 5, 10, 20]}
 
@@ -60,11 +54,11 @@ class TilesConfig:
 
 @dataclass
 class DatasetConfig:
-    layout: str = _choices(*LAYOUTS, default="u1652")
+    layout: str = _choices(*LAYOUT_NAMES, default="u1652")  # datasets.layouts.registry
     root: str | None = None
     split: str = "test"  # u1652/sues200: test | train; cvusa/cvact: train | val (test = val)
     # D2S, S2D (also G2S, S2G, D2G, G2D for street views); cvusa/cvact: G2A, A2G. Unset: the layout's
-    # natural direction (vigor G2S, cvusa/cvact G2A, every other layout D2S)
+    # natural direction in the layout registry (vigor G2S, cvusa/cvact G2A, every other layout D2S)
     mode: str | None = None
     views: list[str] = field(default_factory=list)  # empty: the query and gallery views of `mode`
     altitude: int | None = None  # SUES-200 flight height (150, 200, 250, 300)
@@ -81,7 +75,7 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         if self.mode is None:
-            self.mode = DEFAULT_MODES.get(self.layout, DEFAULT_MODE)
+            self.mode = default_mode(self.layout)
 
 
 @dataclass

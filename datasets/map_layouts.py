@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-
-from cvgl.configs.schema import DatasetConfig
 from cvgl.core.errors import UserError
 from cvgl.core.keys import DigestMemo
 from cvgl.datasets.layouts import ImageList
@@ -23,6 +22,27 @@ from cvgl.datasets.maps import MapTiles, open_map, tile_maps, tile_of_positions,
 from cvgl.datasets.positions import Positions
 
 MAP_VIEWS = ("query_drone", "gallery_satellite")
+
+
+class MapTiling(Protocol):
+    """How the maps are cut into gallery tiles (``dataset.tiles``)."""
+
+    size_m: float | None
+    stride_m: float | None
+    scales: list[float]
+    px: int
+
+
+class MapDataset(Protocol):
+    """The dataset settings a map layout reads: the ``dataset`` section of a config has them."""
+
+    layout: str
+    root: str | None
+    maps: list[str]
+    tiles: MapTiling
+    query_positions: str | None
+    frame_interval_s: float | None
+    regions: list[str]
 
 
 def _map_names(paths: list[Path]) -> list[str]:
@@ -34,7 +54,7 @@ def _map_names(paths: list[Path]) -> list[str]:
 
 
 def _gallery(
-    ds: DatasetConfig, layout: str, root: Path | None, memo: DigestMemo | None, masks_dir: Path | None
+    ds: MapDataset, layout: str, root: Path | None, memo: DigestMemo | None, masks_dir: Path | None
 ) -> tuple[MapTiles, Path]:
     params = tiling_params(ds.tiles.size_m, ds.tiles.stride_m, ds.tiles.scales, ds.tiles.px)
     if layout == "map":
@@ -56,7 +76,7 @@ def _gallery(
     return tile_maps(geos, params, memo, masks_dir), root
 
 
-def _queries(ds: DatasetConfig, layout: str, root: Path) -> Positions:
+def _queries(ds: MapDataset, layout: str, root: Path) -> Positions:
     if layout == "map":
         return folder_queries(root, ds.query_positions, [Path(p).expanduser() for p in ds.maps])
     from cvgl.datasets.uav_visloc import list_regions, region_frames
@@ -77,7 +97,7 @@ def _positions_digest(p: Positions, labels: np.ndarray) -> str:
 
 
 def map_image_lists(
-    ds: DatasetConfig, views: list[str], memo: DigestMemo | None = None, masks_dir: Path | None = None
+    ds: MapDataset, views: list[str], memo: DigestMemo | None = None, masks_dir: Path | None = None
 ) -> list[ImageList]:
     """The image lists of ``views`` for a map layout (``ds.layout`` is ``map`` or ``uav_visloc``).
 

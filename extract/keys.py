@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cvgl.cache.naming import extracted_alias
 from cvgl.cache.store import CacheStore, check_alias
 from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
 from cvgl.core.keys import image_list_digest
 from cvgl.core.path_errors import check_path_usable, show_path
 from cvgl.datasets.layouts import ImageList
-from cvgl.datasets.naming import extracted_alias, view_kind
+from cvgl.datasets.view_roles import view_kind
 from cvgl.extract.weight_files import weights_digest
 
 Layer = int | str

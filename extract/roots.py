@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cvgl.cache.naming import dataset_views
 from cvgl.cache.store import CacheStore
 from cvgl.configs.schema import Config
 from cvgl.core.errors import UserError
@@ -12,7 +13,6 @@ from cvgl.core.keys import content_key
 from cvgl.core.path_errors import check_path_usable
 from cvgl.datasets.layouts import MAP_LAYOUTS, ImageList, list_images
 from cvgl.datasets.map_layouts import map_image_lists
-from cvgl.datasets.naming import dataset_views
 
 
 def dataset_root(cfg: Config, store: CacheStore) -> Path:

@@ -134,7 +134,7 @@ def run(cfg: Config, *, cache_dir: str | Path | None = None, progress: Progress 
     """extract → align → retrieve in one run folder; each stage reuses what the cache holds. Named
     alignment inputs skip extraction; named retrieval inputs skip alignment too (``stages_needed``)."""
     from cvgl.align.stage import run_alignment
-    from cvgl.datasets.naming import stages_needed
+    from cvgl.cache.naming import stages_needed
     from cvgl.extract.distributed import extract as run_extraction
 
     report = progress or SilentProgress()

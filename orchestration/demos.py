@@ -17,10 +17,10 @@ from typing import Any
 
 from cvgl.align.registry import check_config
 from cvgl.align.stage import run_alignment
+from cvgl.cache.naming import aligned_alias
 from cvgl.configs.schema import load_config as _load_config
 from cvgl.core.console import metric_cell, metrics_table
 from cvgl.core.errors import UserError
-from cvgl.datasets.naming import aligned_alias
 from cvgl.datasets.synthetic_cvusa import make_synthetic_cvusa
 from cvgl.extract.runner import run_extraction
 from cvgl.orchestration.demo_world import WORLD_METHODS, run_descriptor_world

@@ -208,7 +208,7 @@ def run_point(task: PointTask) -> dict[str, Any]:
     """
     import torch
     from cvgl.align.stage import run_alignment
-    from cvgl.datasets.naming import stages_needed
+    from cvgl.cache.naming import stages_needed
     from cvgl.extract.runner import run_extraction
     from cvgl.orchestration.chain import in_run_folder
     from cvgl.retrieve.runner import run_retrieval
@@ -460,8 +460,8 @@ def _run_locked(
     progress: ProgressFn | None,
     say: Callable[[str], None],
 ) -> SweepResult:
+    from cvgl.cache.naming import stages_needed
     from cvgl.cache.store import CacheStore
-    from cvgl.datasets.naming import stages_needed
     from cvgl.extract.distributed import extract as run_extraction
 
     points = sweep.points

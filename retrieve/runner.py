@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cvgl.cache.naming import default_retrieval_pair
 from cvgl.cache.store import CacheStore, Entry
 from cvgl.configs.schema import Config
 from cvgl.core.atomic import atomic_path, write_json_atomic
 from cvgl.core.devices import resolve_device
 from cvgl.core.errors import UserError
 from cvgl.core.run_folder import RunFolder
-from cvgl.datasets.naming import default_retrieval_pair
 from cvgl.retrieve.baseline import Baseline
 from cvgl.retrieve.image_roots import image_root
 from cvgl.retrieve.indexes import l2_normalize_rows

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cvgl.datasets.naming import pair_roles, view_kind
+from cvgl.datasets.view_roles import pair_roles, view_kind
 
 from tests.helpers import ROOT, cli, one_error_line
 

@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # Lowest first. A module may import from its own floor or any floor below it.
-FLOORS = ["core", "configs", "datasets", "cache", "extract", "align", "retrieve", "orchestration", "pipeline"]
+FLOORS = ["core", "datasets", "configs", "cache", "extract", "align", "retrieve", "orchestration", "pipeline"]
 # The package's own __init__ sits above everything: it hands out the face's API.
 TOP = "__init__"
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from cvgl.cache.naming import query_gallery_views
 from cvgl.configs.schema import load_config
 from cvgl.core.errors import UserError
-from cvgl.datasets.naming import query_gallery_views
 
 
 @pytest.mark.parametrize(

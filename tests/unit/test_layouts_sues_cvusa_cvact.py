@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from cvgl.cache.naming import dataset_views
 from cvgl.configs.schema import load_config
 from cvgl.core.errors import UserError
 from cvgl.datasets.layouts import list_images, view_pair
-from cvgl.datasets.naming import dataset_views
 from cvgl.extract.images import ImageDataset
 from cvgl.extract.keys import view_preprocess
 from PIL import Image

@@ -1,8 +1,11 @@
-"""How stages name the cache entries they hand each other (the aliases are part of the contract)."""
+"""How stages name the cache entries they hand each other, from an experiment's config: the views it
+extracts, the aliases of extracted and aligned entries (part of the contract), what a run compares and
+which stages it needs."""
 
 from __future__ import annotations
 
 from cvgl.configs.schema import Config
+from cvgl.datasets.layouts import view_pair
 
 
 def dataset_views(cfg: Config) -> list[str]:
@@ -11,8 +14,6 @@ def dataset_views(cfg: Config) -> list[str]:
         return list(cfg.dataset.views)
     if cfg.dataset.layout == "folder":
         return ["images"]
-    from cvgl.datasets.layouts import view_pair
-
     return list(view_pair(cfg.dataset.mode, cfg.dataset.layout))
 
 
@@ -21,45 +22,6 @@ def query_gallery_views(cfg: Config) -> tuple[str, str]:
     if len(views) != 2:
         raise ValueError("an experiment with query and gallery needs exactly two views")
     return views[0], views[1]
-
-
-# What a view's name says about where its camera is: the one word list every stage reads. The
-# first word found wins, in this order (no dataset's view name holds two of them).
-_VIEW_WORDS: tuple[tuple[str, str], ...] = (
-    ("drone", "drone"),
-    ("dro", "drone"),  # GeoAlign's feature folders: dro_feat
-    ("ground", "ground"),
-    ("street", "ground"),
-    ("pano", "ground"),
-    ("aerial", "aerial"),
-    ("sat", "aerial"),  # satellite, GeoAlign's sat_feat
-)
-
-
-def view_kind(view: str) -> str | None:
-    """``drone``, ``ground`` (street level, panoramas) or ``aerial`` (satellite), as the view's name
-    says (``query_drone``, ``gallery_satellite``, ``ground``, ``aerial``, ``dro``, ``sat`` …); None when
-    it says none of them (``google``, ``images``)."""
-    v = view.lower()
-    return next((kind for word, kind in _VIEW_WORDS if word in v), None)
-
-
-def pair_roles(query_view: str, gallery_view: str) -> tuple[str, str]:
-    """The roles (``ground``, ``aerial``) of a query and a gallery view: the side that looks at the
-    ground from below or from a drone is ``ground``, the satellite or aerial side ``aerial``.
-
-    A name that says nothing takes the role the other one leaves; when both say nothing, or both say
-    the same (drone against street level), the query is the ``ground`` side.
-    """
-    side = {"drone": "ground", "ground": "ground", "aerial": "aerial", None: None}
-    q, g = side[view_kind(query_view)], side[view_kind(gallery_view)]
-    if q is not None and g is not None and q != g:
-        return q, g
-    if q is None and g is not None:
-        return ("aerial" if g == "ground" else "ground"), g
-    if g is None and q is not None:
-        return q, ("aerial" if q == "ground" else "ground")
-    return "ground", "aerial"
 
 
 def extracted_alias(cfg: Config, view: str, layer: int | str, n_views: int | None = None) -> str:
