@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvgl.core.errors import UserError
-from cvgl.datasets.layouts.folders import listing, no_images, read_id_folders
+from cvgl.datasets.layouts.folders import listing, read_id_folders
 from cvgl.datasets.layouts.image_list import ImageList
 
 ROOT_HINT = "<DenseUAV folder containing test/, train/ and Dense_GPS_ALL.txt>"
@@ -23,7 +23,4 @@ def read_denseuav(root: Path, view: str, split: str, altitude: int | None, area:
         raise UserError(
             f"view folder {view_dir} does not exist (found under {where}: {listing(where)}); expected {layout}"
         )
-    found = read_id_folders(root, view_dir, layout)
-    if found is None:
-        raise no_images(view_dir, layout)
-    return found
+    return read_id_folders(root, view_dir, layout)

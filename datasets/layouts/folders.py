@@ -101,13 +101,13 @@ def no_images(where: Path, layout_hint: str) -> UserError:
     return UserError(f"no images ({exts}) found under {where}; expected the layout {layout_hint}")
 
 
-def read_id_folders(root: Path, view_dir: Path, layout: str, loose_label: int = -1) -> ImageList | None:
+def read_id_folders(root: Path, view_dir: Path, layout: str, loose_label: int = -1) -> ImageList:
     """``<view_dir>/<id>/<image>`` with integer ``<id>`` folders (labels), plus loose images.
 
     Loose images come after every building folder, labelled ``loose_label``: University-1652's
     extended satellite gallery ships its distractor tiles as one flat folder without building ids
-    (:data:`~cvgl.datasets.layouts.image_list.DISTRACTOR` there; -1, unknown, elsewhere). Returns None
-    when the folder holds no image.
+    (:data:`~cvgl.datasets.layouts.image_list.DISTRACTOR` there; -1, unknown, elsewhere). A folder
+    that holds no image is a UserError naming ``layout``.
     """
     buildings: list[tuple[int, str]] = []
     for name in subdirs(view_dir):
@@ -131,5 +131,5 @@ def read_id_folders(root: Path, view_dir: Path, layout: str, loose_label: int = 
     names.extend(f"{prefix}/{f}" for f in loose)
     labels.extend([loose_label] * len(loose))
     if not names:
-        return None
+        raise no_images(view_dir, layout)
     return ImageList(root=root, names=tuple(names), labels=np.asarray(labels, np.int64), view=view_dir.name)

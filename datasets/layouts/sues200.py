@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvgl.core.errors import UserError
-from cvgl.datasets.layouts.folders import INT_NAME, listing, no_images, read_id_folders, subdirs
+from cvgl.datasets.layouts.folders import INT_NAME, listing, read_id_folders, subdirs
 from cvgl.datasets.layouts.image_list import ImageList
 
 ROOT_HINT = "<folder containing Testing/ and Training/>"
@@ -52,7 +52,4 @@ def read_sues200(root: Path, view: str, split: str, altitude: int | None, area: 
         raise UserError(
             f"view folder {view_dir} does not exist; views found under {alt_dir}: {listing(alt_dir)}"
         )
-    found = read_id_folders(root, view_dir, layout)
-    if found is None:
-        raise no_images(view_dir, layout)
-    return found
+    return read_id_folders(root, view_dir, layout)

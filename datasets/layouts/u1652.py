@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvgl.core.errors import UserError
-from cvgl.datasets.layouts.folders import listing, no_images, read_id_folders
+from cvgl.datasets.layouts.folders import listing, read_id_folders
 from cvgl.datasets.layouts.image_list import DISTRACTOR, ImageList
 
 ROOT_HINT = "<folder containing test/ and train/>"
@@ -54,7 +54,4 @@ def read_u1652(root: Path, view: str, split: str, altitude: int | None, area: st
             f"{listing(split_dir)} (University-1652 {split} views: {known})"
         )
     loose = DISTRACTOR if view.startswith("gallery") else -1
-    found = read_id_folders(root, view_dir, layout, loose)
-    if found is None:
-        raise no_images(view_dir, layout)
-    return found
+    return read_id_folders(root, view_dir, layout, loose)
