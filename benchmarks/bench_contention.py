@@ -1,6 +1,6 @@
 """Fair share on a busy CPU: training and extraction alone and beside two CPU-bound busy loops.
 
-python benchmarks/bench_contention.py [--repeat 3] [--s1-epochs 15] [--isms-epochs 10] [--json OUT]
+python benchmarks/bench_contention.py [--repeat 3] [--s1-epochs 15] [--isms-epochs 10] [--conditions alone loaded later] [--json OUT]
 
 Workloads (each timed in a fresh child process, so the OpenMP runtime starts with the settings
 under test):
@@ -18,11 +18,13 @@ Modes, both in the same run:
 * ``old``: torch's defaults: the OpenMP runtime loaded with no wait policy set (its threads spin
   while they wait) and as many threads as the affinity mask has cores; the child imports torch
   before ``cvgl`` so the package's settings cannot apply.
-* ``new``: what the tool does: the child imports ``cvgl`` first (``OMP_WAIT_POLICY=PASSIVE``
-  unless set) and applies ``core.threads.apply_thread_policy`` as the CLI does at startup.
+* ``new``: what the tool does: the child imports ``cvgl`` first (``core.threads.prepare_openmp_env``:
+  ``OMP_WAIT_POLICY=PASSIVE`` when other work holds the cores, else ``GOMP_SPINCOUNT=20000``) and
+  applies ``core.threads.apply_thread_policy`` as the CLI does at startup.
 
-Conditions: ``alone``, and ``loaded`` = beside two ``python -c "while True: pass"`` processes started
-just before the child and killed just after. Cells are interleaved (repeat × workload × mode ×
+Conditions: ``alone``; ``loaded`` = beside two ``python -c "while True: pass"`` processes started
+0.5 s before the child and killed just after; ``later`` = the same two loops started 1 s after the
+child (load that arrives once the tool has chosen its settings). Cells are interleaved (repeat × workload × mode ×
 condition) so a drift in the machine's background load reaches every cell; the table gives the
 median of ``--repeat`` runs and loaded / alone per mode, and new / old when alone (the cost of the
 change on a quiet machine). Load averages before and after are printed.
@@ -43,8 +45,31 @@ from pathlib import Path
 
 WORKLOADS = ("stream1", "isms", "extract")
 MODES = ("old", "new")
-CONDITIONS = ("alone", "loaded")
+CONDITIONS = ("alone", "loaded", "later")
 BUSY = "while True: pass"
+
+
+def busy_loop() -> subprocess.Popen:
+    """A CPU-bound process that dies with this one (Linux parent-death signal), even if it is killed."""
+
+    def die_with_parent() -> None:
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    return subprocess.Popen([sys.executable, "-c", BUSY], preexec_fn=die_with_parent)
+
+
+def wait_setting() -> str:
+    if os.environ.get("OMP_WAIT_POLICY"):
+        return os.environ["OMP_WAIT_POLICY"]
+    if os.environ.get("GOMP_SPINCOUNT"):
+        return f"spin {os.environ['GOMP_SPINCOUNT']}"
+    return "(unset)"
 
 
 # -- child: one timed workload ----------------------------------------------------------------------
@@ -58,14 +83,14 @@ def child(workload: str, mode: str, data: Path, s1_epochs: int, isms_epochs: int
     # could set anything, "new" imports cvgl first, as the CLI does.
     if mode == "old":
         import torch  # noqa: F401
-    policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
+    policy = wait_setting()
     from cvgl.core.threads import apply_thread_policy  # noqa: I001
 
     import torch
 
     if mode == "new":
         apply_thread_policy()
-        policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")  # what OpenMP read at `import torch`
+        policy = wait_setting()  # what OpenMP read at `import torch`
     threads = torch.get_num_threads()
     if workload == "extract":
         from cvgl.cache.store import CacheStore
@@ -143,17 +168,28 @@ def prepare(data: Path, locations: int) -> None:
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "GOMP_SPINCOUNT"):
+    for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "GOMP_SPINCOUNT",
+              "CVGL_OPENMP_CHOICE"):
         env.pop(k, None)
     return env
 
 
-def run_cell(workload: str, mode: str, loaded: bool, data: Path, args) -> dict:
-    busy = []
+def run_cell(workload: str, mode: str, condition: str, data: Path, args) -> dict:
+    busy: list[subprocess.Popen] = []
+    starter = None
     try:
-        if loaded:
-            busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(2)]
+        if condition == "loaded":
+            busy = [busy_loop() for _ in range(2)]
             time.sleep(0.5)
+        elif condition == "later":
+            import threading
+
+            def start_later() -> None:
+                time.sleep(1.0)
+                busy.extend(busy_loop() for _ in range(2))
+
+            starter = threading.Thread(target=start_later)
+            starter.start()
         cmd = [
             sys.executable, __file__, "--child", workload, "--mode", mode, "--data", str(data),
             "--s1-epochs", str(args.s1_epochs), "--isms-epochs", str(args.isms_epochs),
@@ -167,6 +203,8 @@ def run_cell(workload: str, mode: str, loaded: bool, data: Path, args) -> dict:
             # A collapsed run is stopped at the cap: its time is then a lower bound.
             return {"seconds": float(args.cap), "capped": True, "threads": None, "wait_policy": None}
     finally:
+        if starter is not None:
+            starter.join()
         for p in busy:
             p.kill()
             p.wait()
@@ -194,6 +232,7 @@ def main() -> None:
     ap.add_argument("--isms-epochs", type=int, default=10)
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
     ap.add_argument(
         "--locations", type=int, default=40, help="extract: demo locations (40 = the demo's 300 images)"
     )
@@ -217,8 +256,9 @@ def main() -> None:
             for w in args.workloads:
                 for m in args.modes:
                     # Alternate which condition goes first, so neither always follows the other.
-                    for c in CONDITIONS if r % 2 == 0 else CONDITIONS[::-1]:
-                        out = run_cell(w, m, c == "loaded", data, args)
+                    conds = [c for c in CONDITIONS if c in args.conditions]
+                    for c in conds if r % 2 == 0 else conds[::-1]:
+                        out = run_cell(w, m, c, data, args)
                         out["load_1m"] = os.getloadavg()[0]
                         cells.setdefault((w, m, c), []).append(out)
                         print(
@@ -233,19 +273,22 @@ def main() -> None:
     rows = []
     for w in args.workloads:
         for m in args.modes:
-            alone, loaded = med[(w, m, "alone")], med[(w, m, "loaded")]
+            alone = med[(w, m, "alone")]
             row = {
                 "workload": w,
                 "mode": m,
                 "threads": next((x["threads"] for x in cells[(w, m, "alone")] if x["threads"]), None),
-                "wait_policy": next((x["wait_policy"] for x in cells[(w, m, "alone")] if x["wait_policy"]), None),
-                "capped_runs": sum(bool(x.get("capped")) for c in CONDITIONS for x in cells[(w, m, c)]),
+                "wait_policy": {
+                    c: next((x["wait_policy"] for x in cells[(w, m, c)] if x["wait_policy"]), None) for c in args.conditions
+                },
+                "capped_runs": sum(bool(x.get("capped")) for c in args.conditions for x in cells[(w, m, c)]),
                 "alone_s": alone,
-                "loaded_s": loaded,
-                "loaded_over_alone": loaded / alone,
-                "alone_runs": [round(x["seconds"], 2) for x in cells[(w, m, "alone")]],
-                "loaded_runs": [round(x["seconds"], 2) for x in cells[(w, m, "loaded")]],
             }
+            for c in args.conditions:
+                row[f"{c}_runs"] = [round(x["seconds"], 2) for x in cells[(w, m, c)]]
+                if c != "alone":
+                    row[f"{c}_s"] = med[(w, m, c)]
+                    row[f"{c}_over_alone"] = med[(w, m, c)] / alone
             if m == "new" and "old" in args.modes:
                 row["alone_new_over_old"] = alone / med[(w, "old", "alone")]
             rows.append(row)
@@ -262,13 +305,23 @@ def main() -> None:
         },
         "rows": rows,
     }
-    print("| workload | mode | threads | wait policy | alone (median) | beside 2 busy loops | loaded / alone | alone new / old | runs stopped at the cap |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+    extra = [c for c in args.conditions if c != "alone"]
+    heads = {"loaded": "beside 2 busy loops", "later": "loops start after 1 s"}
+    print(
+        "| workload | mode | threads | wait (alone / "
+        + " / ".join(extra)
+        + ") | alone (median) | "
+        + " | ".join(f"{heads[c]} | {c} / alone" for c in extra)
+        + " | alone new / old | runs stopped at the cap |"
+    )
+    print("|---|---|---:|---|---:|" + "---:|---:|" * len(extra) + "---:|---:|")
     for row in rows:
         ratio = f"{row['alone_new_over_old']:.2f}" if "alone_new_over_old" in row else ""
+        waits = " / ".join(str(row["wait_policy"].get(c)) for c in args.conditions)
+        cells_txt = " | ".join(f"{row[f'{c}_s']:.2f} s | **{row[f'{c}_over_alone']:.2f}×**" for c in extra)
         print(
-            f"| {row['workload']} | {row['mode']} | {row['threads']} | {row['wait_policy']} | "
-            f"{row['alone_s']:.2f} s | {row['loaded_s']:.2f} s | **{row['loaded_over_alone']:.2f}×** | {ratio} | {row['capped_runs']} |"
+            f"| {row['workload']} | {row['mode']} | {row['threads']} | {waits} | {row['alone_s']:.2f} s | "
+            f"{cells_txt} | {ratio} | {row['capped_runs']} |"
         )
     print(f"load before {load_before}, after {load_after}; {result['cpu']}")
     if args.json:

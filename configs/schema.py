@@ -413,7 +413,9 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
         val = _convert(v, hints[k], path)
         choices = fields[k].metadata.get("choices")
         if choices and val not in choices:
-            raise UserError(f"{path}={val!r} is not one of {', '.join(map(str, choices))}")
+            close = difflib.get_close_matches(str(val), [str(c) for c in choices], n=1)
+            hint = f"; did you mean {path}={close[0]}?" if close else ""
+            raise UserError(f"{path}={val!r} is not one of {', '.join(map(str, choices))}{hint}")
         kwargs[k] = val
     return cls(**kwargs)
 

@@ -7,26 +7,37 @@ started with ``--cpus 2`` on a 64-core host gets 2, not 64). :func:`default_thre
 unless the user set ``OMP_NUM_THREADS``, which always wins. The CLI applies it at startup
 (:func:`apply_thread_policy`); sweep workers divide it between the points they run at once.
 
-**Wait policy.** OpenMP worker threads that finish their share of an operation spin at full speed
-while they wait for the others. On a machine whose cores are shared, a thread that was descheduled
-keeps every other thread spinning until it runs again, and the spinning takes the CPU time the late
-thread needs: training slowed 3–13× beside two busy processes on 2 cores, where a fair share is 2×
-(BENCHMARKS.md). ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep instead. OpenMP reads it
-once, when its runtime is loaded (``import torch``), so :func:`prepare_openmp_env` runs when the
-``cvgl`` package is imported, before anything imports torch; a value the user set is kept.
+**Wait policy.** OpenMP worker threads that finish their share of an operation spin while they wait
+for the others. On a machine whose cores are shared, a thread that was descheduled keeps every other
+thread spinning until it runs again, and the spinning takes the CPU time the late thread needs:
+training slowed 3–13× beside two busy processes on 2 cores, where a fair share is 2× (BENCHMARKS.md).
+Sleeping instead (``OMP_WAIT_POLICY=PASSIVE``) fixes that but costs a wake-up per parallel region,
+10–30 % on a quiet machine. So :func:`prepare_openmp_env` looks at the machine first
+(:func:`others_running`): when other work already holds the cores this process would use, threads
+sleep while they wait; on a quiet machine they spin for a short while (``GOMP_SPINCOUNT``, about
+0.2 ms) and then sleep, which costs nothing there and bounds the damage if load arrives later.
+OpenMP reads both once, when its runtime is loaded (``import torch``), so this runs when the ``cvgl``
+package is imported, before anything imports torch; values the user set are kept. The thread count
+itself never changes with the load, so results stay the same run to run.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
-#: The wait policy the tool asks OpenMP for when the user did not choose one.
+PROC_STAT = Path("/proc/stat")
+#: The wait policy the tool asks OpenMP for when other work holds the cores it would use.
 WAIT_POLICY = "PASSIVE"
+#: Spin iterations before a waiting thread sleeps on a quiet machine (libgomp's default is 300,000,
+#: a few milliseconds; this is about 0.2 ms).
+QUIET_SPINCOUNT = "20000"
+#: Records which OpenMP variable the tool itself set, so that child processes can tell it from the user's.
+CHOICE_MARK = "CVGL_OPENMP_CHOICE"
 
 
 def affinity_cores(affinity: Iterable[int] | None = None) -> int:
@@ -130,27 +141,73 @@ def default_threads(environ: MutableMapping[str, str] | None = None, **cores_kw)
     return user_threads(environ) or available_cores(**cores_kw)
 
 
+def others_running(samples: int = 5, gap_s: float = 0.002, proc_stat: Path = PROC_STAT) -> int | None:
+    """Runnable tasks on the machine other than the caller: the kernel's ``procs_running`` minus one,
+    the smallest of ``samples`` readings ``gap_s`` apart (a task that runs for a moment is not load;
+    a busy process is runnable in every reading). None where ``/proc/stat`` cannot be read."""
+    import time
+
+    seen = []
+    for i in range(max(1, samples)):
+        if i:
+            time.sleep(gap_s)
+        for line in (_read(proc_stat) or "").splitlines():
+            if line.startswith("procs_running "):
+                try:
+                    seen.append(max(0, int(line.split()[1]) - 1))
+                except ValueError:
+                    pass
+                break
+    return min(seen) if seen else None
+
+
+def machine_is_busy(threads: int, others: int | None, cpus: int | None = None) -> bool:
+    """Whether ``threads`` of ours plus ``others`` runnable tasks are more than the machine's ``cpus``
+    (default: ``os.cpu_count()``), i.e. some of our threads would share a core."""
+    if others is None:
+        return False
+    return others + threads > max(1, cpus if cpus is not None else (os.cpu_count() or 1))
+
+
 def prepare_openmp_env(
     environ: MutableMapping[str, str] | None = None,
     affinity: Iterable[int] | None = None,
     cgroup_root: Path = CGROUP_ROOT,
     proc_cgroup: Path = PROC_SELF_CGROUP,
-) -> None:
-    """Set OpenMP's environment for the tool, keeping whatever the user set.
+    read_others: Callable[[], int | None] | None = None,
+    cpus: int | None = None,
+) -> str:
+    """Set OpenMP's environment for the tool, keeping whatever the user set; returns the wait policy
+    chosen (``"PASSIVE"``, ``"SPIN-THEN-SLEEP"`` or ``"USER"``).
 
-    ``OMP_WAIT_POLICY=PASSIVE`` unless a policy is set; ``OMP_NUM_THREADS`` = :func:`available_cores`
+    Unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``: ``OMP_WAIT_POLICY=PASSIVE`` when
+    :func:`machine_is_busy` (other runnable tasks as ``read_others()`` counts them, default
+    :func:`others_running`), else ``GOMP_SPINCOUNT`` = :data:`QUIET_SPINCOUNT`. ``OMP_NUM_THREADS`` = :func:`available_cores`
     when a cgroup quota makes that smaller than the affinity mask (OpenMP's own default) and the
     user set no count. Takes effect only if it runs before the OpenMP runtime is loaded, i.e. before
     ``import torch`` in this process; child processes inherit it through the environment either way.
     """
     env = os.environ if environ is None else environ
-    if not env.get("OMP_WAIT_POLICY"):
+    # A child process (a sweep worker, a torchrun rank) inherits the parent's choice through the
+    # environment; it is the tool's, not the user's, so the child looks at the machine again.
+    chosen = env.pop(CHOICE_MARK, "")
+    name, _, value = chosen.partition("=")
+    if name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") and env.get(name) == value:
+        del env[name]
+    mask = affinity_cores(affinity)
+    n = available_cores(affinity, cgroup_root, proc_cgroup)
+    if user_threads(env) is None and n < mask:
+        env["OMP_NUM_THREADS"] = str(n)
+    if env.get("OMP_WAIT_POLICY") or env.get("GOMP_SPINCOUNT"):
+        return "USER"
+    others = (read_others or others_running)()
+    if machine_is_busy(user_threads(env) or n, others, cpus):
         env["OMP_WAIT_POLICY"] = WAIT_POLICY
-    if user_threads(env) is None:
-        mask = affinity_cores(affinity)
-        n = available_cores(affinity, cgroup_root, proc_cgroup)
-        if n < mask:
-            env["OMP_NUM_THREADS"] = str(n)
+        env[CHOICE_MARK] = f"OMP_WAIT_POLICY={WAIT_POLICY}"
+        return WAIT_POLICY
+    env["GOMP_SPINCOUNT"] = QUIET_SPINCOUNT
+    env[CHOICE_MARK] = f"GOMP_SPINCOUNT={QUIET_SPINCOUNT}"
+    return "SPIN-THEN-SLEEP"
 
 
 def apply_thread_policy() -> int:
@@ -165,12 +222,16 @@ def apply_thread_policy() -> int:
 
 
 __all__ = [
+    "CHOICE_MARK",
+    "QUIET_SPINCOUNT",
     "WAIT_POLICY",
     "affinity_cores",
     "apply_thread_policy",
     "available_cores",
     "cgroup_cpu_limit",
     "default_threads",
+    "machine_is_busy",
+    "others_running",
     "prepare_openmp_env",
     "user_threads",
 ]

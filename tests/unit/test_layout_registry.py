@@ -30,6 +30,8 @@ def test_the_schema_accepts_exactly_the_registry_layouts_in_their_order():
         assert cfg.dataset.layout == name and cfg.dataset.mode == default_mode(name)
     with pytest.raises(UserError, match="dataset.layout='bogus' is not one of " + ", ".join(LAYOUT_NAMES)):
         load_config(None, ["dataset.layout=bogus"])
+    with pytest.raises(UserError, match="did you mean dataset.layout=u1652"):
+        load_config(None, ["dataset.layout=u1562"])
 
 
 def test_what_the_registry_says_of_each_layout():

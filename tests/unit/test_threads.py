@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 from cvgl.core.threads import (
+    QUIET_SPINCOUNT,
     available_cores,
     cgroup_cpu_limit,
     default_threads,
+    machine_is_busy,
+    others_running,
     prepare_openmp_env,
     user_threads,
 )
@@ -100,13 +103,58 @@ def test_user_omp_num_threads_wins(tmp_path):
         assert user_threads({"OMP_NUM_THREADS": bad}) is None
 
 
-def test_wait_policy_is_passive_unless_the_user_chose():
+def test_threads_wait_passively_when_other_work_holds_the_cores():
     env: dict[str, str] = {}
-    prepare_openmp_env(env)
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
-    env = {"OMP_WAIT_POLICY": "active"}
-    prepare_openmp_env(env)
-    assert env["OMP_WAIT_POLICY"] == "active"
+    assert prepare_openmp_env(env, affinity=range(2), read_others=lambda: 2, cpus=2) == "PASSIVE"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in env
+
+
+def test_threads_spin_briefly_on_a_quiet_machine():
+    env: dict[str, str] = {}
+    assert prepare_openmp_env(env, affinity=range(2), read_others=lambda: 0, cpus=2) == "SPIN-THEN-SLEEP"
+    assert env["GOMP_SPINCOUNT"] == QUIET_SPINCOUNT and "OMP_WAIT_POLICY" not in env
+    # Unknown load (no /proc/stat): the quiet setting, whose worst case is bounded by the short spin.
+    env = {}
+    assert prepare_openmp_env(env, affinity=range(2), read_others=lambda: None, cpus=2) == "SPIN-THEN-SLEEP"
+
+
+@pytest.mark.parametrize("user", [{"OMP_WAIT_POLICY": "active"}, {"GOMP_SPINCOUNT": "1000"}, {"OMP_WAIT_POLICY": "PASSIVE"}])
+def test_a_users_wait_setting_is_kept(user):
+    env = dict(user)
+    assert prepare_openmp_env(env, affinity=range(2), read_others=lambda: 0, cpus=2) == "USER"
+    assert env == user
+
+
+def test_a_child_process_looks_at_the_machine_again():
+    """A sweep worker inherits the parent's choice, which was the tool's: the worker decides anew."""
+    parent: dict[str, str] = {}
+    prepare_openmp_env(parent, affinity=range(2), read_others=lambda: 3, cpus=2)
+    child = dict(parent)
+    assert prepare_openmp_env(child, affinity=range(2), read_others=lambda: 0, cpus=2) == "SPIN-THEN-SLEEP"
+    assert "OMP_WAIT_POLICY" not in child and child["GOMP_SPINCOUNT"] == QUIET_SPINCOUNT
+
+
+def test_busy_means_our_threads_would_share_a_core():
+    assert not machine_is_busy(2, 0, cpus=2)
+    assert machine_is_busy(2, 1, cpus=2)
+    assert not machine_is_busy(2, 6, cpus=8)
+    assert machine_is_busy(4, 5, cpus=8)
+    assert not machine_is_busy(2, None, cpus=2)
+
+
+def test_others_running_ignores_a_passing_task(tmp_path):
+    """The smallest of several readings: a task runnable in one reading only is not load."""
+    stat = tmp_path / "stat"
+    readings = iter(["4", "1", "3"])
+
+    class Stat(type(stat)):
+        def read_text(self, *a, **k):
+            return f"cpu  1 2 3\nprocs_running {next(readings)}\nprocs_blocked 0\n"
+
+    assert others_running(samples=3, gap_s=0, proc_stat=Stat(stat)) == 0
+    assert others_running(samples=2, gap_s=0, proc_stat=tmp_path / "missing") is None
+    stat.write_text("procs_running 3\n")
+    assert others_running(samples=2, gap_s=0, proc_stat=stat) == 2
 
 
 def test_quota_below_the_mask_sets_omp_num_threads_unless_the_user_did(tmp_path):
@@ -122,12 +170,35 @@ def test_quota_below_the_mask_sets_omp_num_threads_unless_the_user_did(tmp_path)
     assert "OMP_NUM_THREADS" not in env  # OpenMP's default (the mask) is already right
 
 
-@pytest.mark.parametrize("preset", [None, "ACTIVE"])
-def test_importing_cvgl_sets_the_policy_before_torch_loads(preset):
-    """The policy must be in the environment when torch loads OpenMP, i.e. right after `import cvgl`."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if preset:
-        env["OMP_WAIT_POLICY"] = preset
-    code = "import os, sys, cvgl; assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == (preset or "PASSIVE")
+def _import_cvgl(env: dict[str, str]) -> str:
+    code = (
+        "import os, sys, cvgl; assert 'torch' not in sys.modules; "
+        "print(os.environ.get('OMP_WAIT_POLICY', '-'), os.environ.get('GOMP_SPINCOUNT', '-'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60)
+    return out.stdout.strip()
+
+
+def _clean_env() -> dict[str, str]:
+    drop = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "CVGL_OPENMP_CHOICE")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def test_importing_cvgl_sets_the_wait_before_torch_loads():
+    """The setting must be in the environment when torch loads OpenMP, i.e. right after `import cvgl`."""
+    assert _import_cvgl(_clean_env()) in ("PASSIVE -", f"- {QUIET_SPINCOUNT}")
+    assert _import_cvgl({**_clean_env(), "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE -"
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) > 16, reason="would start one busy process per CPU")
+def test_importing_cvgl_beside_busy_processes_waits_passively():
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert _import_cvgl(_clean_env()) == "PASSIVE -"
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
