@@ -12,7 +12,7 @@ from typing import Any
 from cvgl.core.threads import prepare_openmp_env
 
 # Before anything imports torch: OpenMP reads its wait policy once, when torch loads it
-# (core/threads.py says why the tool's threads wait passively).
+# (core/threads.py says how the tool chooses it from the load).
 prepare_openmp_env()
 
 # `align`, `extract` and `retrieve` name subpackages here; their API calls are `pipeline.align` etc.
